@@ -1,0 +1,95 @@
+"""Command-line parser of the ``msynth`` BIDS-App (BIDS-Apps convention, NiPreps habits)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import msynth
+
+
+def _label(value: str) -> str:
+    """Strip an optional ``sub-``/``ses-`` prefix so both spellings are accepted."""
+    for prefix in ("sub-", "ses-"):
+        if value.startswith(prefix):
+            return value[len(prefix):]
+    return value
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``msynth`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="msynth",
+        description=(
+            "msynth: synthesise the FLAIR and [11C]PIB myelin (DVR) maps a multiple sclerosis cohort lacks, "
+            "from the MRI it has, and measure demyelination and remyelination per patient."
+        ),
+        epilog="Outputs are BIDS-Derivatives; see the README and docs/ for what each stage writes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root folder of a BIDS dataset (read only, never written to)")
+    parser.add_argument(
+        "output_dir", type=Path, help="folder for the BIDS-Derivatives outputs (must not be inside bids_dir)"
+    )
+    parser.add_argument(
+        "analysis_level",
+        choices=["participant", "group"],
+        help="'participant' processes each subject; 'group' builds the control reference and cohort statistics",
+    )
+    parser.add_argument("--version", action="version", version=f"msynth {msynth.__version__}")
+
+    selection = parser.add_argument_group("Selecting data")
+    selection.add_argument(
+        "--participant-label", "--participant_label",
+        dest="participant_label", nargs="+", type=_label, metavar="LABEL",
+        help="participant labels to process, with or without 'sub-' (default: all)",
+    )
+    selection.add_argument(
+        "--session-label", "--session_label",
+        dest="session_label", nargs="+", type=_label, metavar="LABEL",
+        help="session labels to process, with or without 'ses-' (default: all)",
+    )
+    selection.add_argument(
+        "--bids-filter-file", type=Path, metavar="FILE",
+        help="JSON file overriding the pybids query of a modality key "
+        '(T1w T2w PDw FLAIR T1SE DIR MTR DWI PET), e.g. {"T1w": {"acquisition": "MPRAGE"}}; '
+        'null means the entity must be absent, "*" any value',
+    )
+    selection.add_argument(
+        "--skip-bids-validation", "--skip_bids_validation",
+        dest="skip_bids_validation", action="store_true",
+        help="do not run the BIDS validator (bids-validator-deno) on the input",
+    )
+
+    resources = parser.add_argument_group("Resources")
+    resources.add_argument(
+        "-w", "--work-dir", type=Path, default=Path("work"),
+        help="folder for intermediate results; reusing it makes a rerun recompute nothing",
+    )
+    resources.add_argument(
+        "--nprocs", "--n-cpus", dest="nprocs", type=_positive_int, default=os.cpu_count() or 1,
+        help="processes run in parallel (sessions and modalities)",
+    )
+    resources.add_argument(
+        "--omp-nthreads", type=_positive_int, default=None,
+        help="threads per process for ANTs, torch and other multithreaded steps (default: min(nprocs, 8))",
+    )
+    resources.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto",
+        help="where neural networks run: 'auto' uses a CUDA GPU when present, else the CPU",
+    )
+
+    other = parser.add_argument_group("Other")
+    other.add_argument(
+        "-v", "--verbose", dest="verbose", action="count", default=0,
+        help="more log output; repeat (-vv) for debugging detail",
+    )
+    return parser

@@ -1,0 +1,133 @@
+"""The resolved configuration of one msynth run, and the input checks that produce it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import msynth
+from msynth.utils.bids import DEFAULT_QUERIES, load_filter_file
+from msynth.utils.derivatives import atomic_write_text
+from msynth.utils.errors import UsageError
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs, resolved from the command line and checked against the dataset."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participants: list[str]
+    sessions: list[str] | None
+    nprocs: int
+    omp_nthreads: int
+    device: str
+    skip_bids_validation: bool
+    verbose: int
+    bids_filter_file: Path | None = None
+    queries: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_QUERIES))
+    run_id: str = ""
+    version: str = msynth.__version__
+
+    def to_json(self) -> str:
+        """The configuration as JSON (paths as strings, pybids query sentinels by name)."""
+        data = asdict(self)
+        data["command"] = sys.argv
+        return json.dumps(data, indent=2, default=_json_default) + "\n"
+
+    def write(self) -> Path:
+        """Record the configuration in ``OUTPUT_DIR/logs/`` (every run, whatever its level)."""
+        path = self.output_dir / "logs" / f"msynth-{self.run_id}_config.json"
+        atomic_write_text(path, self.to_json())
+        return path
+
+
+def _json_default(value: object) -> str:
+    return value.name if hasattr(value, "name") and not isinstance(value, Path) else str(value)
+
+
+def new_run_id() -> str:
+    """A sortable, unique run identifier: UTC time and a short random suffix."""
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:8]}"
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path) -> tuple[Path, Path, Path]:
+    """Check the three folders and return them absolute; raise UsageError on the first problem."""
+    bids_dir, output_dir, work_dir = (p.expanduser().resolve() for p in (bids_dir, output_dir, work_dir))
+    if not bids_dir.is_dir():
+        raise UsageError(f"BIDS directory {bids_dir} does not exist — pass the root folder of a BIDS dataset")
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise UsageError(
+            f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json — pass the dataset's root folder"
+        )
+    if _is_within(output_dir, bids_dir):
+        raise UsageError(
+            f"output directory {output_dir} is the input BIDS dataset {bids_dir} or lies inside it; "
+            "msynth never writes into its input — choose a folder outside it"
+        )
+    if _is_within(work_dir, bids_dir):
+        raise UsageError(
+            f"work directory {work_dir} lies inside the input BIDS dataset {bids_dir}; "
+            "msynth never writes into its input — pass -w with a folder outside it"
+        )
+    return bids_dir, output_dir, work_dir
+
+
+def dataset_labels(bids_dir: Path, kind: str) -> list[str]:
+    """Participant labels (``sub-*`` folders) or session labels (``sub-*/ses-*`` folders) of a dataset.
+
+    Read from the folder names, so the check works before pybids indexes (and could choke on) the files.
+    """
+    pattern = "sub-*" if kind == "participant" else "sub-*/ses-*"
+    prefix = "sub-" if kind == "participant" else "ses-"
+    return sorted({p.name[len(prefix):] for p in bids_dir.glob(pattern) if p.is_dir()})
+
+
+def check_labels(bids_dir: Path, kind: str, requested: list[str] | None) -> list[str]:
+    """Return the requested labels (all when None) after checking each exists in the dataset."""
+    available = dataset_labels(bids_dir, kind)
+    if requested is None:
+        return available
+    missing = [label for label in dict.fromkeys(requested) if label not in available]
+    if missing:
+        shown = ", ".join(available[:20]) + (" …" if len(available) > 20 else "") if available else "none"
+        raise UsageError(
+            f"{kind} label(s) {', '.join(missing)} not found in {bids_dir} (it has: {shown}) — "
+            f"check --{kind}-label"
+        )
+    return list(dict.fromkeys(requested))
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """Check the command line against the file system and the dataset, before any work."""
+    bids_dir, output_dir, work_dir = check_paths(args.bids_dir, args.output_dir, args.work_dir)
+    queries = load_filter_file(args.bids_filter_file)
+    participants = check_labels(bids_dir, "participant", args.participant_label)
+    sessions = check_labels(bids_dir, "session", args.session_label) if args.session_label else None
+    return RunConfig(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_level=args.analysis_level,
+        work_dir=work_dir,
+        participants=participants,
+        sessions=sessions,
+        nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads or min(args.nprocs, 8),
+        device=args.device,
+        skip_bids_validation=args.skip_bids_validation,
+        verbose=args.verbose,
+        bids_filter_file=args.bids_filter_file.resolve() if args.bids_filter_file else None,
+        queries=queries,
+        run_id=new_run_id(),
+    )

@@ -1,0 +1,94 @@
+"""Nipype interface that files a result into the BIDS-Derivatives tree with its JSON sidecar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nb
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from msynth.utils.derivatives import atomic_copy, atomic_write_text, derivative_path, source_entities
+
+_NIFTI = (".nii.gz", ".nii")
+
+
+def write_derivative(
+    in_file: Path,
+    *,
+    base_directory: Path,
+    source_file: Path,
+    datatype: str,
+    suffix: str,
+    entities: dict[str, str],
+    metadata: dict[str, object],
+) -> Path:
+    """Copy ``in_file`` to its BIDS-Derivatives name under ``base_directory`` and write its sidecar.
+
+    The name keeps the subject, session, acquisition, tracer and run of ``source_file`` and adds
+    ``entities`` (space, desc, label …). NIfTI outputs get spatial units in mm and a sidecar with
+    ``metadata``; other files (transforms) are copied as they are.
+    """
+    in_file = Path(in_file)
+    extension = next((ext for ext in _NIFTI if in_file.name.endswith(ext)), in_file.suffix)
+    relative = derivative_path({**source_entities(source_file), **entities}, datatype, suffix, extension)
+    target = Path(base_directory) / relative
+    if extension in _NIFTI:
+        image = nb.load(in_file)
+        image.header.set_xyzt_units(xyz="mm", t="sec")
+        tmp = target.with_name(f".{target.name}.partial{extension}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nb.save(image, tmp)
+        tmp.replace(target)
+        sidecar = target.with_name(target.name[: -len(extension)] + ".json")
+        atomic_write_text(sidecar, json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        atomic_copy(in_file, target)
+    return target
+
+
+class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="the file to publish")
+    base_directory = traits.Directory(mandatory=True, desc="root of the (staging) derivatives tree")
+    source_file = File(mandatory=True, desc="raw BIDS file whose entities name the output")
+    datatype = traits.Enum("anat", "dwi", "pet", usedefault=True, desc="BIDS datatype folder")
+    suffix = traits.Str(mandatory=True, desc="BIDS suffix, e.g. T1w, mask, probseg, xfm")
+    entities = traits.Dict(traits.Str, traits.Str, desc="entities added to the name (space, desc, label …)")
+    metadata = traits.Dict(desc="sidecar content known when the workflow is built (Sources, SpatialReference …)")
+    run_metadata = traits.Dict(desc="sidecar content computed at run time (parameters used), merged over metadata")
+
+
+class _DerivativesDataSinkOutputSpec(TraitedSpec):
+    out_file = File(desc="the published file")
+
+
+class DerivativesDataSink(SimpleInterface):
+    """File one result under its BIDS-Derivatives name (see :func:`write_derivative`)."""
+
+    input_spec = _DerivativesDataSinkInputSpec
+    output_spec = _DerivativesDataSinkOutputSpec
+
+    def _run_interface(self, runtime):
+        metadata = {
+            **(self.inputs.metadata if isdefined(self.inputs.metadata) else {}),
+            **(self.inputs.run_metadata if isdefined(self.inputs.run_metadata) else {}),
+        }
+        self._results["out_file"] = str(
+            write_derivative(
+                Path(self.inputs.in_file),
+                base_directory=Path(self.inputs.base_directory),
+                source_file=Path(self.inputs.source_file),
+                datatype=self.inputs.datatype,
+                suffix=self.inputs.suffix,
+                entities=self.inputs.entities if isdefined(self.inputs.entities) else {},
+                metadata=metadata,
+            )
+        )
+        return runtime

@@ -1,0 +1,136 @@
+"""Participant-level execution: one Nipype workflow per participant, isolated from the others.
+
+Each participant runs in its own workflow so that a failure (bad input, a crashing node) is caught,
+reported with its reason and crash files, and does not stop the next participant. Outputs are written
+to a staging folder inside the output directory and moved into place only when the participant
+finished cleanly: the derivatives hold whole participants or nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bids import BIDSLayout
+
+from msynth.config import RunConfig
+from msynth.pipelines.participant import init_participant_wf
+from msynth.utils.bids import collect_session, report_session
+from msynth.utils.derivatives import atomic_write_text, publish_staged, write_dataset_description
+
+LOGGER = logging.getLogger("msynth.runner")
+
+STAGING_FOLDER = ".msynth-staging"
+
+
+@dataclass
+class ParticipantOutcome:
+    """What happened to one participant."""
+
+    label: str
+    ok: bool
+    reason: str = ""
+    published: list[Path] = field(default_factory=list)
+    crash_files: list[Path] = field(default_factory=list)
+
+
+def participant_sessions(layout: BIDSLayout, label: str, sessions: list[str] | None) -> list[str | None]:
+    """The sessions of a participant to process; ``[None]`` for a dataset without sessions."""
+    available = sorted(layout.get_sessions(subject=label))
+    if not available:
+        return [None]
+    return [s for s in available if sessions is None or s in sessions]
+
+
+def crash_dir(config: RunConfig, label: str) -> Path:
+    """Where Nipype crash reports of a participant go: ``OUTPUT_DIR/sub-<L>/log/<run id>/``."""
+    return config.output_dir / f"sub-{label}" / "log" / config.run_id
+
+
+def run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
+    """Build and run the workflow of one participant; never raises."""
+    try:
+        return _run_participant(config, layout, label)
+    except Exception as err:  # noqa: BLE001 - isolate the participant whatever went wrong
+        reason = str(err) or type(err).__name__
+        report = crash_dir(config, label) / "error.txt"
+        atomic_write_text(report, f"sub-{label}: {reason}\n\n{traceback.format_exc()}")
+        LOGGER.error("sub-%s failed: %s (details in %s)", label, reason, report)
+        return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=[report])
+
+
+def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
+    sessions = []
+    for session in participant_sessions(layout, label, config.sessions):
+        data = collect_session(layout, label, session, config.queries)
+        LOGGER.info(report_session(data))
+        if "T1w" not in data.files:
+            LOGGER.warning("%s skipped: no T1w image, and every stage needs the T1w reference", data.label)
+            continue
+        sessions.append(data)
+    if not sessions:
+        raise ValueError("no session with a T1w image — check the dataset or the T1w query of --bids-filter-file")
+
+    staging = config.output_dir / STAGING_FOLDER / f"{config.run_id}_sub-{label}"
+    workflow = init_participant_wf(
+        sessions=sessions,
+        bids_dir=config.bids_dir,
+        output_dir=staging,
+        omp_nthreads=config.omp_nthreads,
+        device=config.device,
+        name=f"sub_{label}_wf",
+    )
+    workflow.base_dir = str(config.work_dir / "msynth_wf")
+    crashes = crash_dir(config, label)
+    workflow.config["execution"].update(
+        {
+            "crashdump_dir": str(crashes),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "remove_unnecessary_outputs": False,
+        }
+    )
+    plugin, plugin_args = ("Linear", {}) if config.nprocs == 1 else ("MultiProc", {"n_procs": config.nprocs})
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError:
+        files = sorted(crashes.glob("crash-*.txt"))
+        reason = "; ".join(_crash_reason(path) for path in files) or "the workflow did not finish"
+        LOGGER.error("sub-%s failed: %s (crash reports in %s)", label, reason, crashes)
+        shutil.rmtree(staging, ignore_errors=True)
+        return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=files)
+    published = publish_staged(staging, config.output_dir)
+    LOGGER.info("sub-%s finished: %d files written to %s", label, len(published), config.output_dir)
+    return ParticipantOutcome(label=label, ok=True, published=published)
+
+
+def _crash_reason(crash_file: Path) -> str:
+    """The node name and the last line of the traceback of a Nipype text crash report."""
+    lines = [line.strip() for line in crash_file.read_text(errors="replace").splitlines() if line.strip()]
+    node = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Node:")), crash_file.name)
+    return f"{node}: {lines[-1] if lines else 'no message'}"
+
+
+def summarise(outcomes: list[ParticipantOutcome]) -> str:
+    """A closing summary: who finished, who failed and why."""
+    failed = [o for o in outcomes if not o.ok]
+    lines = [f"participant level: {len(outcomes) - len(failed)} of {len(outcomes)} participants finished"]
+    for outcome in failed:
+        where = f" — see {outcome.crash_files[0].parent}" if outcome.crash_files else ""
+        lines.append(f"  sub-{outcome.label} FAILED: {outcome.reason}{where}")
+    return "\n".join(lines)
+
+
+def run_participant_level(config: RunConfig, layout: BIDSLayout) -> int:
+    """Write the derivatives' description, run every participant, print the summary; return the exit code."""
+    write_dataset_description(config.output_dir, config.bids_dir)
+    outcomes = [run_participant(config, layout, label) for label in config.participants]
+    staging_root = config.output_dir / STAGING_FOLDER
+    if staging_root.is_dir() and not any(staging_root.iterdir()):
+        staging_root.rmdir()
+    succeeded = all(outcome.ok for outcome in outcomes)
+    LOGGER.log(logging.INFO if succeeded else logging.ERROR, summarise(outcomes))
+    return 0 if succeeded else 1

@@ -1,0 +1,1 @@
+"""Shared plumbing: BIDS queries, validation, derivatives bookkeeping, logging."""

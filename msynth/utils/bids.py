@@ -1,0 +1,169 @@
+"""BIDS query layer: which image of each modality a session has, after the filter file.
+
+msynth reads the modalities of the DESIGN.md contract (``MODALITY_KEYS``). Each has a default
+pybids query; ``--bids-filter-file`` overrides entities of any of them, in the fMRIPrep way:
+``null`` means "the entity must be absent" and ``"*"`` means "any value".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bids import BIDSLayout
+from bids.layout import Query
+
+from msynth.utils.errors import UsageError
+
+LOGGER = logging.getLogger("msynth.bids")
+
+#: Modality keys of the contract, in the order stages use them.
+MODALITY_KEYS: tuple[str, ...] = ("T1w", "T2w", "PDw", "FLAIR", "T1SE", "DIR", "MTR", "DWI", "PET")
+
+#: Default pybids query per modality key (DESIGN.md "Raw BIDS input").
+DEFAULT_QUERIES: dict[str, dict[str, object]] = {
+    "T1w": {"datatype": "anat", "suffix": "T1w"},
+    "T2w": {"datatype": "anat", "suffix": "T2w"},
+    "PDw": {"datatype": "anat", "suffix": "PDw"},
+    "FLAIR": {"datatype": "anat", "suffix": "FLAIR"},
+    "T1SE": {"datatype": "anat", "suffix": "T1w", "acquisition": "SE"},
+    "DIR": {"datatype": "anat", "suffix": "T2w", "acquisition": "DIR"},
+    "MTR": {"datatype": "anat", "suffix": "MTRmap"},
+    "DWI": {"datatype": "dwi", "suffix": "dwi"},
+    "PET": {"datatype": "pet", "suffix": "pet", "tracer": "PIB"},
+}
+
+#: A file a more specific query claims is not also the generic modality
+#: (``acq-SE_T1w`` is a T1SE, not a second T1w; ``acq-DIR_T2w`` is a DIR, not a T2w).
+CLAIMED_BY: dict[str, tuple[str, ...]] = {"T1w": ("T1SE",), "T2w": ("DIR",)}
+
+IMAGE_EXTENSIONS = [".nii", ".nii.gz"]
+
+
+@dataclass
+class SessionData:
+    """The raw files msynth found for one session (``session`` is None without sessions)."""
+
+    subject: str
+    session: str | None
+    files: dict[str, Path] = field(default_factory=dict)
+    extra_runs: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Human prefix for logs and errors, e.g. ``sub-01 ses-02``."""
+        return f"sub-{self.subject}" + (f" ses-{self.session}" if self.session else "")
+
+    @property
+    def missing(self) -> list[str]:
+        """Modality keys with no file in this session."""
+        return [key for key in MODALITY_KEYS if key not in self.files]
+
+
+def load_filter_file(path: Path | None) -> dict[str, dict[str, object]]:
+    """Read ``--bids-filter-file`` and merge it over the default queries.
+
+    Raises
+    ------
+    UsageError
+        The file is missing, is not valid JSON, is not an object of objects, or names a key
+        that is not a modality key.
+    """
+    queries = {key: dict(query) for key, query in DEFAULT_QUERIES.items()}
+    if path is None:
+        return queries
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"BIDS filter file {path} does not exist — check the path given to --bids-filter-file")
+    try:
+        overrides = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"BIDS filter file {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}) — fix the file"
+        ) from None
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise UsageError(
+            f'BIDS filter file {path} must be a JSON object of objects, e.g. {{"T1w": {{"acquisition": "MPRAGE"}}}}'
+        )
+    unknown = sorted(set(overrides) - set(MODALITY_KEYS))
+    if unknown:
+        raise UsageError(
+            f"BIDS filter file {path} names unknown modality key(s) {', '.join(unknown)} — "
+            f"valid keys are {' '.join(MODALITY_KEYS)}"
+        )
+    for key, entities in overrides.items():
+        queries[key].update({name: _to_query_value(value) for name, value in entities.items()})
+    return queries
+
+
+def _to_query_value(value: object) -> object:
+    """Translate the filter file's JSON conventions into pybids query values."""
+    if value is None:
+        return Query.NONE
+    if value == "*":
+        return Query.ANY
+    return value
+
+
+def open_layout(bids_dir: Path) -> BIDSLayout:
+    """Index the raw dataset (derivatives excluded) with pybids.
+
+    Raises
+    ------
+    UsageError
+        pybids cannot read a file of the dataset (for example a sidecar that is not valid JSON).
+    """
+    try:
+        return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot index {bids_dir} with pybids: {err} — run the BIDS validator and fix the file") from None
+
+
+def collect_session(
+    layout: BIDSLayout, subject: str, session: str | None, queries: dict[str, dict[str, object]]
+) -> SessionData:
+    """Find one file per modality for a session.
+
+    When a query matches several files, the first in sorted order is used and the others are
+    logged, so a user knows to narrow the query with ``--bids-filter-file``.
+    """
+    data = SessionData(subject=subject, session=session)
+    scope = {"subject": subject, "session": session if session else Query.NONE}
+    matches = {key: _query(layout, key, {**query, **scope}) for key, query in queries.items()}
+    for key, claimers in CLAIMED_BY.items():
+        claimed = {path for claimer in claimers for path in matches[claimer]}
+        matches[key] = [path for path in matches[key] if path not in claimed]
+    for key in MODALITY_KEYS:
+        found = matches[key]
+        if not found:
+            continue
+        data.files[key] = found[0]
+        if len(found) > 1:
+            data.extra_runs[key] = found[1:]
+            LOGGER.warning(
+                "%s: %d %s images match; using %s — select another with --bids-filter-file",
+                data.label, len(found), key, found[0].name,
+            )
+    return data
+
+
+def _query(layout: BIDSLayout, key: str, query: dict[str, object]) -> list[Path]:
+    try:
+        found = layout.get(return_type="file", extension=IMAGE_EXTENSIONS, **query)
+    except ValueError as err:
+        raise UsageError(f"the query for {key} is invalid ({err}) — check --bids-filter-file") from None
+    return sorted(Path(path) for path in found)
+
+
+def report_session(data: SessionData) -> str:
+    """One log line saying what a session has and lacks."""
+    found = ", ".join(f"{key}={path.name}" for key, path in data.files.items()) or "nothing"
+    missing = " ".join(data.missing) or "none"
+    return f"{data.label}: found {found}; missing: {missing}"
+
+
+def sidecar_metadata(layout: BIDSLayout, path: Path) -> dict[str, object]:
+    """The BIDS metadata of a file, with JSON inheritance applied."""
+    return dict(layout.get_metadata(str(path)))
