@@ -18,12 +18,15 @@ from bids import BIDSLayout
 
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
+from msynth.preprocessing.checks import check_image
 from msynth.utils.bids import collect_session, report_session
 from msynth.utils.derivatives import atomic_write_text, publish_staged, write_dataset_description
 
 LOGGER = logging.getLogger("msynth.runner")
 
 STAGING_FOLDER = ".msynth-staging"
+#: Modalities stored as 4-D series (every other modality is one 3-D volume).
+SERIES_KEYS = frozenset({"DWI", "PET"})
 
 
 @dataclass
@@ -67,6 +70,8 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
     for session in participant_sessions(layout, label, config.sessions):
         data = collect_session(layout, label, session, config.queries)
         LOGGER.info(report_session(data))
+        for key, path in data.files.items():
+            check_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
         if "T1w" not in data.files:
             LOGGER.warning("%s skipped: no T1w image, and every stage needs the T1w reference", data.label)
             continue

@@ -28,7 +28,8 @@ def write_tiny_bids(root: Path, subjects: dict[str, list[str]], voxel_size: int 
     ``subjects`` maps a label to its session labels (an empty list: no session level).
     """
     template = _mni_head(voxel_size)
-    data = np.asarray(template.dataobj, dtype=np.float32)
+    data = 1000 * np.asarray(template.dataobj, dtype=np.float32)
+    data[data < 1] = 0  # the template's sub-normal values outside the brain
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(
         json.dumps({"Name": "tiny", "BIDSVersion": "1.10.0", "DatasetType": "raw", "Authors": ["msynth tests", "B"]})
@@ -42,7 +43,7 @@ def write_tiny_bids(root: Path, subjects: dict[str, list[str]], voxel_size: int 
             folder = root / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
             folder.mkdir(parents=True, exist_ok=True)
             stem = f"sub-{subject}" + (f"_ses-{session}" if session else "") + "_T1w"
-            noisy = data + rng.normal(0, 2, data.shape).astype(np.float32) * (data > 0)
+            noisy = np.clip(data + rng.normal(0, 10, data.shape).astype(np.float32) * (data > 0), 0, None)
             image = nb.Nifti1Image(noisy, template.affine)
             image.header.set_xyzt_units("mm", "sec")
             nb.save(image, folder / f"{stem}.nii.gz")

@@ -20,7 +20,7 @@ _FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
 def setup_logging(verbose: int) -> None:
-    """Console logging: INFO by default, DEBUG with -v; -vv also shows Nipype's own debugging."""
+    """Console logging: msynth at INFO (DEBUG with -v); Nipype's node log shown from -v, its debugging at -vv."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
     LOGGER.handlers[:] = [handler]
@@ -28,7 +28,13 @@ def setup_logging(verbose: int) -> None:
     LOGGER.propagate = False
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").handlers[:] = [handler]
-    logging.getLogger("nipype.workflow").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    nipype_level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
+    for key in ("workflow_level", "interface_level", "utils_level"):
+        nipype_config.set("logging", key, nipype_level)
+    nipype_logging.update_logging(nipype_config)
 
 
 def log_to_file(config: RunConfig) -> None:

@@ -44,11 +44,15 @@ IMAGE_EXTENSIONS = [".nii", ".nii.gz"]
 
 @dataclass
 class SessionData:
-    """The raw files msynth found for one session (``session`` is None without sessions)."""
+    """The raw files msynth found for one session (``session`` is None without sessions).
+
+    ``metadata`` holds each file's BIDS sidecar content, with JSON inheritance applied.
+    """
 
     subject: str
     session: str | None
     files: dict[str, Path] = field(default_factory=dict)
+    metadata: dict[str, dict[str, object]] = field(default_factory=dict)
     extra_runs: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
@@ -140,6 +144,7 @@ def collect_session(
         if not found:
             continue
         data.files[key] = found[0]
+        data.metadata[key] = dict(layout.get_metadata(str(found[0])))
         if len(found) > 1:
             data.extra_runs[key] = found[1:]
             LOGGER.warning(
@@ -162,8 +167,3 @@ def report_session(data: SessionData) -> str:
     found = ", ".join(f"{key}={path.name}" for key, path in data.files.items()) or "nothing"
     missing = " ".join(data.missing) or "none"
     return f"{data.label}: found {found}; missing: {missing}"
-
-
-def sidecar_metadata(layout: BIDSLayout, path: Path) -> dict[str, object]:
-    """The BIDS metadata of a file, with JSON inheritance applied."""
-    return dict(layout.get_metadata(str(path)))

@@ -30,7 +30,7 @@ BIDSIGNORE = """\
 *_dwimap.json
 *_mimap.nii.gz
 *_mimap.json
-sub-*/log/
+sub-*/log
 """
 
 BIDS_VERSION = "1.10.0"

@@ -1,0 +1,106 @@
+"""Nipype interfaces of the T1w reference: brain extraction and N4 bias correction."""
+
+from __future__ import annotations
+
+import os
+import nibabel as nb
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from msynth.preprocessing.bias import n4_correct
+from msynth.preprocessing.brain import extract_brain
+
+DEEPBET_THRESHOLD = 0.5
+N4_PARAMETERS = {"iterations": (50, 50, 50, 50), "convergence_threshold": 1e-7, "spline_distance_mm": 200.0}
+#: N4 fits on a grid shrunk to about this spacing (the usual 4× shrink of a 1 mm image); coarser images shrink less.
+N4_FIT_SPACING_MM = 4.0
+
+
+def n4_shrink_factor(image_path: str) -> int:
+    """Shrink factor that brings the finest voxel side to about N4_FIT_SPACING_MM (at least 1)."""
+    finest = min(nb.load(image_path).header.get_zooms()[:3])
+    return max(1, int(round(N4_FIT_SPACING_MM / finest)))
+
+
+def limit_threads(omp_nthreads: int) -> None:
+    """Cap the threads of ITK (ANTsPy) and torch in this process to the node's share."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(omp_nthreads)
+    import torch
+
+    torch.set_num_threads(omp_nthreads)
+
+
+class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="3-D T1w image")
+    skull_stripped = traits.Bool(desc="SkullStripped from the sidecar; undefined lets the image decide")
+    device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="where deepbet runs")
+    omp_nthreads = traits.Int(1, usedefault=True, desc="threads")
+
+
+class _BrainExtractionOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc="binary brain mask on the input grid")
+    skull_stripped = traits.Bool(desc="whether the input was already skull-stripped")
+    metadata = traits.Dict(desc="how the mask was made, for the sidecar")
+
+
+class BrainExtraction(SimpleInterface):
+    """Brain mask with deepbet, or the support of an already skull-stripped image."""
+
+    input_spec = _BrainExtractionInputSpec
+    output_spec = _BrainExtractionOutputSpec
+
+    def _run_interface(self, runtime):
+        limit_threads(self.inputs.omp_nthreads)
+        sidecar = {"SkullStripped": self.inputs.skull_stripped} if isdefined(self.inputs.skull_stripped) else None
+        result = extract_brain(
+            self.inputs.in_file, newpath=runtime.cwd, sidecar_meta=sidecar, device=self.inputs.device,
+            threshold=DEEPBET_THRESHOLD,
+        )
+        self._results["out_mask"] = str(result.mask)
+        self._results["skull_stripped"] = result.skull_stripped
+        method = (
+            {"Method": "deepbet", "Threshold": DEEPBET_THRESHOLD}
+            if result.method == "deepbet"
+            else {"Method": "non-zero support of the skull-stripped input"}
+        )
+        self._results["metadata"] = {"BrainExtraction": method, "BrainVolumeMl": round(result.volume_ml, 1)}
+        return runtime
+
+
+class _N4InputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="3-D MR image")
+    mask_file = File(exists=True, desc="fit region on the same grid")
+    skull_stripped = traits.Bool(False, usedefault=True, desc="whether in_file is skull-stripped (for the sidecar)")
+    omp_nthreads = traits.Int(1, usedefault=True, desc="threads")
+
+
+class _N4OutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="bias-corrected image")
+    bias_field = File(exists=True, desc="multiplicative bias field, mean 1 in the mask")
+    metadata = traits.Dict(desc="parameters used, for the sidecar")
+
+
+class N4BiasCorrection(SimpleInterface):
+    """N4 bias-field correction (ANTsPy) inside a mask; see :func:`msynth.preprocessing.bias.n4_correct`."""
+
+    input_spec = _N4InputSpec
+    output_spec = _N4OutputSpec
+
+    def _run_interface(self, runtime):
+        limit_threads(self.inputs.omp_nthreads)
+        mask = self.inputs.mask_file if isdefined(self.inputs.mask_file) else None
+        parameters = {**N4_PARAMETERS, "shrink_factor": n4_shrink_factor(self.inputs.in_file)}
+        result = n4_correct(self.inputs.in_file, newpath=runtime.cwd, mask=mask, **parameters)
+        self._results["out_file"] = str(result.corrected)
+        self._results["bias_field"] = str(result.bias_field)
+        self._results["metadata"] = {
+            "SkullStripped": bool(self.inputs.skull_stripped),
+            "BiasCorrection": {"Method": "N4 (ANTsPy)", **parameters},
+        }
+        return runtime
