@@ -71,12 +71,16 @@ def init_anat_reference_wf(
     sink = {"base_directory": str(output_dir), "source_file": str(t1w), "datatype": "anat"}
     ds_brain_mask = pe.Node(
         DerivativesDataSink(
-            **sink, suffix="mask", entities={"space": "T1w", "desc": "brain"}, metadata={**reference, "Type": "Brain"}
+            **sink, suffix="mask", entities={"space": "T1w", "desc": "brain"},
+            metadata={**reference, "Type": "Brain", "Description": "Brain mask of the session's T1w."},
         ),
         name="ds_brain_mask", run_without_submitting=True,
     )
     ds_t1w_preproc = pe.Node(
-        DerivativesDataSink(**sink, suffix="T1w", entities={"space": "T1w", "desc": "preproc"}, metadata=reference),
+        DerivativesDataSink(
+            **sink, suffix="T1w", entities={"space": "T1w", "desc": "preproc"},
+            metadata={**reference, "Description": "T1w corrected for intensity non-uniformity (N4)."},
+        ),
         name="ds_t1w_preproc", run_without_submitting=True,
     )
 

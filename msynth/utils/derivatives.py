@@ -33,6 +33,16 @@ BIDSIGNORE = """\
 sub-*/log
 """
 
+DERIVATIVES_README = """\
+msynth derivatives of {source}
+
+Per participant and session (sub-<L>/ses-<S>/), in space-T1w (the voxel grid of the raw T1w):
+brain mask, bias-corrected images, transforms to the T1w, tissue and lesion masks, DTI and PET maps,
+and the synthetic FLAIR and [11C]PIB DVR maps, each with a JSON sidecar naming its sources and the
+parameters used. logs/ holds each run's configuration and log; sub-<L>/log/ holds crash reports.
+Stages whose inputs were missing are listed in the run's log with the reason they were skipped.
+"""
+
 BIDS_VERSION = "1.10.0"
 CODE_URL = "https://github.com/msynth/msynth"
 
@@ -87,6 +97,7 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
     }
     atomic_write_text(output_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n")
     atomic_write_text(output_dir / ".bidsignore", BIDSIGNORE)
+    atomic_write_text(output_dir / "README", DERIVATIVES_README.format(source=bids_dir.resolve()))
 
 
 def _read_json(path: Path) -> dict:

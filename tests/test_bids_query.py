@@ -1,0 +1,98 @@
+"""The BIDS query layer: default queries, claimed files, filter-file overrides, reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from msynth.utils.bids import collect_session, load_filter_file, open_layout, report_session
+from msynth.utils.derivatives import derivative_name, derivative_path, source_entities
+from msynth.utils.errors import UsageError
+
+from conftest import write_tiny_bids
+
+
+@pytest.fixture
+def multimodal_bids(tmp_path: Path) -> Path:
+    """sub-01 ses-1 with T1w (two acquisitions), T1SE, T2w, DIR and FLAIR, all copies of the T1w."""
+    root = write_tiny_bids(tmp_path / "bids", {"01": ["1"]})
+    anat = root / "sub-01" / "ses-1" / "anat"
+    t1w = anat / "sub-01_ses-1_T1w.nii.gz"
+    for name in ("acq-MPRAGE_T1w", "acq-SE_T1w", "T2w", "acq-DIR_T2w", "FLAIR"):
+        shutil.copy(t1w, anat / f"sub-01_ses-1_{name}.nii.gz")
+        (anat / f"sub-01_ses-1_{name}.json").write_text(json.dumps({"RepetitionTime": 3.0}))
+    return root
+
+
+def _names(files: dict[str, Path]) -> dict[str, str]:
+    return {key: path.name for key, path in files.items()}
+
+
+def test_default_queries_separate_t1se_and_dir(multimodal_bids):
+    data = collect_session(open_layout(multimodal_bids), "01", "1", load_filter_file(None))
+    assert _names(data.files) == {
+        "T1w": "sub-01_ses-1_T1w.nii.gz",
+        "T2w": "sub-01_ses-1_T2w.nii.gz",
+        "FLAIR": "sub-01_ses-1_FLAIR.nii.gz",
+        "T1SE": "sub-01_ses-1_acq-SE_T1w.nii.gz",
+        "DIR": "sub-01_ses-1_acq-DIR_T2w.nii.gz",
+    }
+    assert [p.name for p in data.extra_runs["T1w"]] == ["sub-01_ses-1_acq-MPRAGE_T1w.nii.gz"]
+    assert data.missing == ["PDw", "MTR", "DWI", "PET"]
+    assert data.metadata["FLAIR"]["RepetitionTime"] == 3.0
+    assert report_session(data).endswith("missing: PDw MTR DWI PET")
+
+
+def test_filter_file_overrides_one_modality(multimodal_bids, tmp_path):
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"T1w": {"acquisition": "MPRAGE"}, "FLAIR": {"acquisition": None}}))
+    data = collect_session(open_layout(multimodal_bids), "01", "1", load_filter_file(filters))
+    assert data.files["T1w"].name == "sub-01_ses-1_acq-MPRAGE_T1w.nii.gz"
+    assert "T1w" not in data.extra_runs
+    assert data.files["FLAIR"].name == "sub-01_ses-1_FLAIR.nii.gz"
+
+
+def test_filter_file_with_an_unknown_entity(multimodal_bids, tmp_path):
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"T2w": {"flavour": "dark"}}))
+    with pytest.raises(UsageError, match=r"^the query for T2w is invalid .*flavour.* — check --bids-filter-file$"):
+        collect_session(open_layout(multimodal_bids), "01", "1", load_filter_file(filters))
+
+
+def test_filter_file_must_be_an_object_of_objects(tmp_path):
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"T1w": "MPRAGE"}))
+    with pytest.raises(UsageError, match="must be a JSON object of objects"):
+        load_filter_file(filters)
+
+
+@pytest.mark.parametrize(
+    ("entities", "datatype", "suffix", "expected"),
+    [
+        ({"sub": "01", "ses": "1", "space": "T1w", "desc": "brain"}, "anat", "mask",
+         "sub-01/ses-1/anat/sub-01_ses-1_space-T1w_desc-brain_mask.nii.gz"),
+        ({"sub": "01", "acq": "SE", "space": "T1w", "desc": "preproc"}, "anat", "T1w",
+         "sub-01/anat/sub-01_acq-SE_space-T1w_desc-preproc_T1w.nii.gz"),
+        ({"sub": "01", "ses": "2", "trc": "PIB", "space": "T1w", "model": "Logan", "meas": "DVR"}, "pet", "mimap",
+         "sub-01/ses-2/pet/sub-01_ses-2_trc-PIB_space-T1w_model-Logan_meas-DVR_mimap.nii.gz"),
+        ({"sub": "01", "ses": "1", "trc": "PIB", "space": "T1w", "desc": "synth", "meas": "DVR"}, "pet", "mimap",
+         "sub-01/ses-1/pet/sub-01_ses-1_trc-PIB_space-T1w_desc-synth_meas-DVR_mimap.nii.gz"),
+        ({"sub": "01", "ses": "1", "space": "T1w", "model": "DTI", "param": "FA"}, "dwi", "dwimap",
+         "sub-01/ses-1/dwi/sub-01_ses-1_space-T1w_model-DTI_param-FA_dwimap.nii.gz"),
+    ],
+)
+def test_derivative_names_follow_the_design_contract(entities, datatype, suffix, expected):
+    assert derivative_path(entities, datatype, suffix, ".nii.gz").as_posix() == expected
+
+
+def test_transform_name_and_source_entities():
+    source = Path("/data/sub-07/ses-2/anat/sub-07_ses-2_acq-DIR_run-2_T2w.nii.gz")
+    assert source_entities(source) == {"sub": "07", "ses": "2", "acq": "DIR", "run": "2"}
+    assert derivative_name(
+        {"sub": "07", "ses": "2", "from": "FLAIR", "to": "T1w", "mode": "image"}, "xfm", ".mat"
+    ) == "sub-07_ses-2_from-FLAIR_to-T1w_mode-image_xfm.mat"
+    with pytest.raises(ValueError, match="unknown entities"):
+        derivative_name({"sub": "07", "colour": "red"}, "T1w", ".nii.gz")
