@@ -9,6 +9,7 @@ import nibabel as nb
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
+    InputMultiObject,
     SimpleInterface,
     TraitedSpec,
     isdefined,
@@ -29,16 +30,18 @@ def write_derivative(
     suffix: str,
     entities: dict[str, str],
     metadata: dict[str, object],
+    keep: tuple[str, ...] | None = None,
 ) -> Path:
     """Copy ``in_file`` to its BIDS-Derivatives name under ``base_directory`` and write its sidecar.
 
-    The name keeps the subject, session, acquisition, tracer and run of ``source_file`` and adds
-    ``entities`` (space, desc, label …). NIfTI outputs get spatial units in mm and a sidecar with
-    ``metadata``; other files (transforms) are copied as they are.
+    The name keeps the subject, session, acquisition, tracer and run of ``source_file`` (only the
+    entities in ``keep`` when given) and adds ``entities`` (space, desc, label …). NIfTI outputs get
+    spatial units in mm and a sidecar with ``metadata``; other files (transforms) are copied as they are.
     """
     in_file = Path(in_file)
     extension = next((ext for ext in _NIFTI if in_file.name.endswith(ext)), in_file.suffix)
-    relative = derivative_path({**source_entities(source_file), **entities}, datatype, suffix, extension)
+    inherited = {k: v for k, v in source_entities(source_file).items() if keep is None or k in keep}
+    relative = derivative_path({**inherited, **entities}, datatype, suffix, extension)
     target = Path(base_directory) / relative
     if extension in _NIFTI:
         image = nb.load(in_file)
@@ -61,8 +64,11 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     datatype = traits.Enum("anat", "dwi", "pet", usedefault=True, desc="BIDS datatype folder")
     suffix = traits.Str(mandatory=True, desc="BIDS suffix, e.g. T1w, mask, probseg, xfm")
     entities = traits.Dict(traits.Str, traits.Str, desc="entities added to the name (space, desc, label …)")
+    keep_entities = traits.List(traits.Str, desc="source entities the name keeps (default: all)")
     metadata = traits.Dict(desc="sidecar content known when the workflow is built (Sources, SpatialReference …)")
-    run_metadata = traits.Dict(desc="sidecar content computed at run time (parameters used), merged over metadata")
+    run_metadata = InputMultiObject(
+        traits.Dict, desc="sidecar content computed at run time (parameters used); merged over metadata, in order"
+    )
 
 
 class _DerivativesDataSinkOutputSpec(TraitedSpec):
@@ -76,10 +82,9 @@ class DerivativesDataSink(SimpleInterface):
     output_spec = _DerivativesDataSinkOutputSpec
 
     def _run_interface(self, runtime):
-        metadata = {
-            **(self.inputs.metadata if isdefined(self.inputs.metadata) else {}),
-            **(self.inputs.run_metadata if isdefined(self.inputs.run_metadata) else {}),
-        }
+        metadata = dict(self.inputs.metadata) if isdefined(self.inputs.metadata) else {}
+        for extra in self.inputs.run_metadata if isdefined(self.inputs.run_metadata) else []:
+            metadata.update(extra)
         self._results["out_file"] = str(
             write_derivative(
                 Path(self.inputs.in_file),
@@ -89,6 +94,7 @@ class DerivativesDataSink(SimpleInterface):
                 suffix=self.inputs.suffix,
                 entities=self.inputs.entities if isdefined(self.inputs.entities) else {},
                 metadata=metadata,
+                keep=tuple(self.inputs.keep_entities) if isdefined(self.inputs.keep_entities) else None,
             )
         )
         return runtime

@@ -8,21 +8,16 @@ from pathlib import Path
 from nipype.pipeline import engine as pe
 
 from msynth.pipelines.anat import init_anat_reference_wf
+from msynth.pipelines.coregistration import SUFFIX, init_coregistration_wf
 from msynth.utils.bids import SessionData
 
 LOGGER = logging.getLogger("msynth.workflow")
 
+#: MR modalities aligned to the T1w reference, in the order their workflows are built.
+COREGISTERED_KEYS = tuple(SUFFIX)
+
 #: Stages of DESIGN.md's data flow that are not built yet, by the modality key that would feed them.
-_NOT_YET_BUILT = {
-    "T2w": "co-registration to T1w",
-    "PDw": "co-registration to T1w",
-    "FLAIR": "co-registration to T1w",
-    "T1SE": "co-registration to T1w",
-    "DIR": "co-registration to T1w",
-    "MTR": "co-registration to T1w",
-    "DWI": "DTI fit",
-    "PET": "Logan DVR",
-}
+_NOT_YET_BUILT = {"DWI": "DTI fit", "PET": "Logan DVR"}
 
 
 def init_participant_wf(
@@ -74,6 +69,19 @@ def init_session_wf(
         device=device,
     )
     workflow.add_nodes([anat_reference_wf])
+    for key in COREGISTERED_KEYS:
+        if key not in data.files:
+            continue
+        coregistration_wf = init_coregistration_wf(
+            key=key, image=data.files[key], t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir,
+            omp_nthreads=omp_nthreads, name=f"coregister_{key}_wf",
+        )
+        workflow.connect([
+            (anat_reference_wf, coregistration_wf, [
+                ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+                ("outputnode.brain_mask", "inputnode.brain_mask"),
+            ]),
+        ])  # fmt: skip
     if data.missing:
         LOGGER.info("%s: no %s image; the stages that need them are skipped", data.label, ", ".join(data.missing))
     for key, stage in _NOT_YET_BUILT.items():

@@ -1,0 +1,117 @@
+"""Co-registration of one MR modality (T2w, PDw, FLAIR, T1SE, DIR, MTR) to the T1w reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from msynth.interfaces.anat import N4BiasCorrection
+from msynth.interfaces.bids import DerivativesDataSink
+from msynth.interfaces.registration import ApplyTransform, RegisterToReference
+from msynth.utils.derivatives import bids_uri
+
+#: BIDS suffix of each co-registered modality's preprocessed image (T1SE and DIR keep their ``acq-``).
+SUFFIX = {"T2w": "T2w", "PDw": "PDw", "FLAIR": "FLAIR", "T1SE": "T1w", "DIR": "T2w", "MTR": "MTRmap"}
+#: Quantitative maps: a ratio of two acquisitions cancels the receive bias, and N4 would distort their units.
+NO_BIAS_CORRECTION = frozenset({"MTR"})
+
+
+def init_coregistration_wf(
+    *,
+    key: str,
+    image: Path,
+    t1w: Path,
+    bids_dir: Path,
+    output_dir: Path,
+    omp_nthreads: int,
+    name: str,
+) -> pe.Workflow:
+    """Bias-correct an MR image, register it rigid → affine to the T1w, resample it into space-T1w.
+
+    Parameters
+    ----------
+    key
+        Modality key (``T2w PDw FLAIR T1SE DIR MTR``).
+    image
+        The raw image of that modality.
+    t1w
+        The session's raw T1w, whose grid is space-T1w.
+    bids_dir, output_dir
+        Input dataset root (for BIDS URIs) and derivatives (staging) root.
+    omp_nthreads
+        Threads for N4 and ANTs.
+
+    Inputs
+    ------
+    t1w_preproc, brain_mask
+        The T1w reference and its brain mask (space-T1w).
+
+    Outputs
+    -------
+    preproc
+        The image in space-T1w.
+    xfm
+        ``from-<key>_to-T1w_mode-image_xfm.mat``: maps T1w points to points of the raw image.
+    """
+    if key not in SUFFIX:
+        raise ValueError(f"key must be one of {sorted(SUFFIX)}, got {key!r}")
+    workflow = pe.Workflow(name=name)
+    workflow.__desc__ = (
+        f"The {key} image was {'' if key in NO_BIAS_CORRECTION else 'corrected for bias with N4, then '}"
+        "registered to the T1w reference (ANTs, rigid then affine, Mattes mutual information inside the brain "
+        "mask) and resampled onto the T1w grid with linear interpolation."
+    )
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_preproc", "brain_mask"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["preproc", "xfm"]), name="outputnode")
+
+    register = pe.Node(RegisterToReference(key=key, omp_nthreads=omp_nthreads), name="register",
+                       n_procs=omp_nthreads, mem_gb=2)
+    resample = pe.Node(ApplyTransform(reference=str(t1w)), name="resample", mem_gb=1)
+
+    sources = [bids_uri(bids_dir, image), bids_uri(bids_dir, t1w)]
+    sink = {"base_directory": str(output_dir), "source_file": str(image), "datatype": "anat"}
+    ds_xfm = pe.Node(
+        DerivativesDataSink(**sink, suffix="xfm", keep_entities=["sub", "ses"],
+                            entities={"from": key, "to": "T1w", "mode": "image"}),
+        name="ds_xfm", run_without_submitting=True,
+    )
+    ds_preproc = pe.Node(
+        DerivativesDataSink(
+            **sink, suffix=SUFFIX[key], entities={"space": "T1w", "desc": "preproc"},
+            metadata={"Sources": sources, "SpatialReference": bids_uri(bids_dir, t1w), "SkullStripped": False,
+                      "Description": f"{key} aligned to the T1w and resampled onto its grid."},
+        ),
+        name="ds_preproc", run_without_submitting=True,
+    )
+
+    if key in NO_BIAS_CORRECTION:
+        workflow.connect([
+            (inputnode, register, [("t1w_preproc", "fixed"), ("brain_mask", "fixed_mask")]),
+        ])  # fmt: skip
+        register.inputs.moving = str(image)
+        resample.inputs.moving = str(image)
+        workflow.connect([(register, ds_preproc, [("metadata", "run_metadata")])])
+    else:
+        n4_correction = pe.Node(N4BiasCorrection(in_file=str(image), omp_nthreads=omp_nthreads),
+                                name="n4_correction", n_procs=omp_nthreads, mem_gb=2)
+        merge_metadata = pe.Node(niu.Merge(2), name="merge_metadata", run_without_submitting=True)
+        workflow.connect([
+            (inputnode, register, [("t1w_preproc", "fixed"), ("brain_mask", "fixed_mask")]),
+            (n4_correction, register, [("out_file", "moving")]),
+            (n4_correction, resample, [("out_file", "moving")]),
+            (n4_correction, merge_metadata, [("metadata", "in1")]),
+            (register, merge_metadata, [("metadata", "in2")]),
+            (merge_metadata, ds_preproc, [("out", "run_metadata")]),
+        ])  # fmt: skip
+
+    workflow.connect([
+        (register, resample, [("out_xfm", "xfm")]),
+        (register, ds_xfm, [("out_xfm", "in_file")]),
+        (resample, ds_preproc, [("out_file", "in_file")]),
+        (register, outputnode, [("out_xfm", "xfm")]),
+        (resample, outputnode, [("out_file", "preproc")]),
+    ])  # fmt: skip
+    return workflow
+
