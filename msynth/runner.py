@@ -18,7 +18,7 @@ from bids import BIDSLayout
 
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
-from msynth.preprocessing.checks import check_image
+from msynth.preprocessing.checks import check_dwi, check_image
 from msynth.utils.bids import collect_session, report_session
 from msynth.utils.derivatives import atomic_write_text, publish_staged, write_dataset_description
 
@@ -72,6 +72,8 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
         LOGGER.info(report_session(data))
         for key, path in data.files.items():
             check_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
+        if "DWI" in data.files:
+            check_dwi(data.files["DWI"], *data.gradients, label=f"{data.label}: DWI")
         if "T1w" not in data.files:
             LOGGER.warning("%s skipped: no T1w image, and every stage needs the T1w reference", data.label)
             continue

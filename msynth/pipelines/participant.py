@@ -9,6 +9,7 @@ from nipype.pipeline import engine as pe
 
 from msynth.pipelines.anat import init_anat_reference_wf
 from msynth.pipelines.coregistration import SUFFIX, init_coregistration_wf
+from msynth.pipelines.dwi import init_dwi_wf
 from msynth.utils.bids import SessionData
 
 LOGGER = logging.getLogger("msynth.workflow")
@@ -17,7 +18,7 @@ LOGGER = logging.getLogger("msynth.workflow")
 COREGISTERED_KEYS = tuple(SUFFIX)
 
 #: Stages of DESIGN.md's data flow that are not built yet, by the modality key that would feed them.
-_NOT_YET_BUILT = {"DWI": "DTI fit", "PET": "Logan DVR"}
+_NOT_YET_BUILT = {"PET": "Logan DVR"}
 
 
 def init_participant_wf(
@@ -76,18 +77,30 @@ def init_session_wf(
             key=key, image=data.files[key], t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir,
             omp_nthreads=omp_nthreads, name=f"coregister_{key}_wf",
         )
-        workflow.connect([
-            (anat_reference_wf, coregistration_wf, [
-                ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
-                ("outputnode.brain_mask", "inputnode.brain_mask"),
-            ]),
-        ])  # fmt: skip
+        _connect_reference(workflow, anat_reference_wf, coregistration_wf)
+    if "DWI" in data.files:
+        bval, bvec = data.gradients
+        dwi_wf = init_dwi_wf(
+            dwi=data.files["DWI"], bval=bval, bvec=bvec, t1w=data.files["T1w"], bids_dir=bids_dir,
+            output_dir=output_dir, omp_nthreads=omp_nthreads, label=data.label,
+        )
+        _connect_reference(workflow, anat_reference_wf, dwi_wf)
     if data.missing:
         LOGGER.info("%s: no %s image; the stages that need them are skipped", data.label, ", ".join(data.missing))
     for key, stage in _NOT_YET_BUILT.items():
         if key in data.files:
             LOGGER.warning("%s: %s found, but its %s stage is not implemented yet", data.label, key, stage)
     return workflow
+
+
+def _connect_reference(workflow: pe.Workflow, anat_reference_wf: pe.Workflow, consumer_wf: pe.Workflow) -> None:
+    """Feed the T1w reference and brain mask to a workflow that registers to them."""
+    workflow.connect([
+        (anat_reference_wf, consumer_wf, [
+            ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ("outputnode.brain_mask", "inputnode.brain_mask"),
+        ]),
+    ])  # fmt: skip
 
 
 def _skull_stripped_hint(metadata: dict[str, object]) -> bool | None:

@@ -46,13 +46,15 @@ IMAGE_EXTENSIONS = [".nii", ".nii.gz"]
 class SessionData:
     """The raw files msynth found for one session (``session`` is None without sessions).
 
-    ``metadata`` holds each file's BIDS sidecar content, with JSON inheritance applied.
+    ``metadata`` holds each file's BIDS sidecar content, with JSON inheritance applied;
+    ``gradients`` the ``.bval`` and ``.bvec`` of the DWI series (None where absent).
     """
 
     subject: str
     session: str | None
     files: dict[str, Path] = field(default_factory=dict)
     metadata: dict[str, dict[str, object]] = field(default_factory=dict)
+    gradients: tuple[Path | None, Path | None] = (None, None)
     extra_runs: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
@@ -145,6 +147,8 @@ def collect_session(
             continue
         data.files[key] = found[0]
         data.metadata[key] = dict(layout.get_metadata(str(found[0])))
+    if "DWI" in data.files:
+        data.gradients = (_companion(layout, data.files["DWI"], ".bval"), _companion(layout, data.files["DWI"], ".bvec"))
         if len(found) > 1:
             data.extra_runs[key] = found[1:]
             LOGGER.warning(
@@ -152,6 +156,12 @@ def collect_session(
                 data.label, len(found), key, found[0].name,
             )
     return data
+
+
+def _companion(layout: BIDSLayout, dwi: Path, extension: str) -> Path | None:
+    """The ``.bval``/``.bvec`` that applies to a DWI series (BIDS inheritance), or None."""
+    found = layout.get_nearest(str(dwi), suffix="dwi", extension=extension, all_=True)
+    return Path(found[0]) if found else None
 
 
 def _query(layout: BIDSLayout, key: str, query: dict[str, object]) -> list[Path]:
