@@ -14,11 +14,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nb
 from bids import BIDSLayout
 
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
-from msynth.preprocessing.checks import check_dwi, check_image
+from msynth.preprocessing.checks import check_dwi, check_image, check_pet_sidecar
 from msynth.utils.bids import collect_session, report_session
 from msynth.utils.derivatives import atomic_write_text, publish_staged, write_dataset_description
 
@@ -74,6 +75,10 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
             check_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
         if "DWI" in data.files:
             check_dwi(data.files["DWI"], *data.gradients, label=f"{data.label}: DWI")
+        if "PET" in data.files:
+            pet = data.files["PET"]
+            sidecar = layout.get_nearest(str(pet), extension=".json", suffix="pet", strict=False)
+            check_pet_sidecar(sidecar, nb.load(pet).shape[3], label=f"{data.label}: PET")
         if "T1w" not in data.files:
             LOGGER.warning("%s skipped: no T1w image, and every stage needs the T1w reference", data.label)
             continue

@@ -78,7 +78,7 @@ def test_sidecars_and_dataset_description(biased_run):
     sidecar = json.loads((_anat(out) / "sub-01_ses-1_space-T1w_desc-preproc_T1w.json").read_text())
     assert sidecar["SpatialReference"] == "bids:raw:sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
     assert sidecar["SkullStripped"] is True
-    assert sidecar["BiasCorrection"]["shrink_factor"] == 1  # 4 mm voxels are fitted unshrunk
+    assert sidecar["BiasCorrection"]["shrink_factor"] == 2  # 4 mm voxels, fitted on an 8 mm grid
     configs = list((out / "logs").glob("msynth-*_config.json"))
     assert len(configs) == 1 and json.loads(configs[0].read_text())["participants"] == ["01"]
 

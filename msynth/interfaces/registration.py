@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from msynth.interfaces.anat import limit_threads
-from msynth.preprocessing.registration import apply_transform, register_to_reference
+from msynth.preprocessing.registration import apply_transform, compose, invert, register_to_reference
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -66,4 +66,31 @@ class ApplyTransform(SimpleInterface):
                 interpolation=self.inputs.interpolation,
             )
         )
+        return runtime
+
+
+class _ComposeInputSpec(BaseInterfaceInputSpec):
+    xfms = traits.List(File(exists=True), mandatory=True, desc="transforms, in apply_transforms order")
+    invert = traits.List(traits.Bool, desc="which transforms to invert first (default: none)")
+
+
+class _ComposeOutputSpec(TraitedSpec):
+    out_xfm = File(exists=True, desc="the composed affine")
+
+
+class ComposeTransforms(SimpleInterface):
+    """Compose affines (each optionally inverted) into one; see :func:`msynth.preprocessing.registration.compose`."""
+
+    input_spec = _ComposeInputSpec
+    output_spec = _ComposeOutputSpec
+
+    def _run_interface(self, runtime):
+        flags = self.inputs.invert if isdefined(self.inputs.invert) else [False] * len(self.inputs.xfms)
+        if len(flags) != len(self.inputs.xfms):
+            raise ValueError(f"invert has {len(flags)} flags for {len(self.inputs.xfms)} transforms")
+        steps = [
+            invert(xfm, out_xfm=f"{runtime.cwd}/inverse_{index}.mat") if flag else xfm
+            for index, (xfm, flag) in enumerate(zip(self.inputs.xfms, flags))
+        ]
+        self._results["out_xfm"] = str(compose(steps, out_xfm=f"{runtime.cwd}/composed.mat"))
         return runtime

@@ -10,6 +10,8 @@ from nipype.pipeline import engine as pe
 from msynth.pipelines.anat import init_anat_reference_wf
 from msynth.pipelines.coregistration import SUFFIX, init_coregistration_wf
 from msynth.pipelines.dwi import init_dwi_wf
+from msynth.pipelines.pet import init_pet_wf
+from msynth.pipelines.template import init_template_registration_wf
 from msynth.utils.bids import SessionData
 
 LOGGER = logging.getLogger("msynth.workflow")
@@ -17,8 +19,6 @@ LOGGER = logging.getLogger("msynth.workflow")
 #: MR modalities aligned to the T1w reference, in the order their workflows are built.
 COREGISTERED_KEYS = tuple(SUFFIX)
 
-#: Stages of DESIGN.md's data flow that are not built yet, by the modality key that would feed them.
-_NOT_YET_BUILT = {"PET": "Logan DVR"}
 
 
 def init_participant_wf(
@@ -85,11 +85,24 @@ def init_session_wf(
             output_dir=output_dir, omp_nthreads=omp_nthreads, label=data.label,
         )
         _connect_reference(workflow, anat_reference_wf, dwi_wf)
+    if "PET" in data.files:
+        template_wf = init_template_registration_wf(
+            t1w=data.files["T1w"], output_dir=output_dir, omp_nthreads=omp_nthreads
+        )
+        pet_wf = init_pet_wf(
+            pet=data.files["PET"], metadata=data.metadata["PET"], t1w=data.files["T1w"], bids_dir=bids_dir,
+            output_dir=output_dir, omp_nthreads=omp_nthreads, label=data.label,
+        )
+        _connect_reference(workflow, anat_reference_wf, template_wf)
+        _connect_reference(workflow, anat_reference_wf, pet_wf)
+        workflow.connect([
+            (template_wf, pet_wf, [
+                ("outputnode.xfm", "inputnode.template_xfm"),
+                ("outputnode.cerebellar_gm", "inputnode.cerebellar_gm"),
+            ]),
+        ])  # fmt: skip
     if data.missing:
         LOGGER.info("%s: no %s image; the stages that need them are skipped", data.label, ", ".join(data.missing))
-    for key, stage in _NOT_YET_BUILT.items():
-        if key in data.files:
-            LOGGER.warning("%s: %s found, but its %s stage is not implemented yet", data.label, key, stage)
     return workflow
 
 

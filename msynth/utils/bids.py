@@ -147,14 +147,15 @@ def collect_session(
             continue
         data.files[key] = found[0]
         data.metadata[key] = dict(layout.get_metadata(str(found[0])))
-    if "DWI" in data.files:
-        data.gradients = (_companion(layout, data.files["DWI"], ".bval"), _companion(layout, data.files["DWI"], ".bvec"))
         if len(found) > 1:
             data.extra_runs[key] = found[1:]
             LOGGER.warning(
                 "%s: %d %s images match; using %s — select another with --bids-filter-file",
                 data.label, len(found), key, found[0].name,
             )
+    if "DWI" in data.files:
+        dwi = data.files["DWI"]
+        data.gradients = (_companion(layout, dwi, ".bval"), _companion(layout, dwi, ".bvec"))
     return data
 
 

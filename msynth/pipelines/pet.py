@@ -1,0 +1,138 @@
+"""Dynamic [11C]PIB PET: Logan reference DVR on the PET grid, then in space-T1w."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from msynth.interfaces.bids import DerivativesDataSink
+from msynth.interfaces.pet import LoganDVR, PETMean, ReferenceRegion
+from msynth.interfaces.registration import ApplyTransform, ComposeTransforms, RegisterToReference
+from msynth.preprocessing.pet import K2_REF_PER_MIN, T_STAR_MIN
+from msynth.utils.derivatives import bids_uri
+
+
+def init_pet_wf(
+    *,
+    pet: Path,
+    metadata: dict,
+    t1w: Path,
+    bids_dir: Path,
+    output_dir: Path,
+    omp_nthreads: int,
+    label: str,
+    t_star_min: float = T_STAR_MIN,
+    k2_ref_per_min: float | None = K2_REF_PER_MIN,
+    name: str = "pet_wf",
+) -> pe.Workflow:
+    """Compute the voxel-wise Logan DVR of a dynamic PIB series and bring it into space-T1w.
+
+    The frame-weighted mean image is registered to the T1w reference; the cerebellar grey matter of
+    the template reaches the PET grid through the template → T1w and T1w → PET transforms and,
+    thresholded and eroded, is the reference region. DVR is fitted on the native PET grid (no
+    resampling of the dynamic data) inside the brain mask, then resampled onto the T1w grid.
+
+    Parameters
+    ----------
+    pet, metadata
+        The 4-D series and its BIDS-PET metadata (frame timing).
+    t1w
+        The session's raw T1w (space-T1w grid).
+    bids_dir, output_dir
+        Input dataset root and derivatives (staging) root.
+    omp_nthreads
+        Threads for ANTs.
+    label
+        ``sub-<L> ses-<S>`` prefix for error messages.
+    t_star_min, k2_ref_per_min
+        Logan parameters (see :mod:`msynth.preprocessing.pet`).
+
+    Inputs
+    ------
+    t1w_preproc, brain_mask
+        The T1w reference and its brain mask.
+    template_xfm, cerebellar_gm
+        Template → T1w transform and the template's cerebellar grey matter.
+
+    Outputs
+    -------
+    dvr
+        Logan DVR in space-T1w.
+    xfm
+        ``from-PET_to-T1w_mode-image_xfm.mat``.
+    """
+    workflow = pe.Workflow(name=name)
+    workflow.__desc__ = (
+        f"Voxel-wise [11C]PIB distribution volume ratios were computed with the Logan reference-tissue method "
+        f"(t* = {t_star_min:g} min, k2' = {k2_ref_per_min} 1/min) with a cerebellar grey-matter reference region, "
+        "on the native PET grid, and resampled onto the T1w grid through the registration of the frame-weighted "
+        "mean PET image to the T1w (ANTs, rigid then affine, mutual information)."
+    )
+    fields = ["t1w_preproc", "brain_mask", "template_xfm", "cerebellar_gm"]
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["dvr", "xfm"]), name="outputnode")
+
+    pet_mean = pe.Node(PETMean(pet=str(pet), metadata=metadata, label=f"{label}: PET"), name="pet_mean", mem_gb=3)
+    register_pet = pe.Node(RegisterToReference(key="PET", omp_nthreads=omp_nthreads), name="register_pet",
+                           n_procs=omp_nthreads, mem_gb=2)
+    pet_to_template = pe.Node(ComposeTransforms(invert=[True, False]), name="pet_to_template")
+    merge_xfms = pe.Node(niu.Merge(2), name="merge_xfms", run_without_submitting=True)
+    cerebellar_gm_in_pet = pe.Node(ApplyTransform(), name="cerebellar_gm_in_pet", mem_gb=1)
+    reference_region = pe.Node(ReferenceRegion(), name="reference_region")
+    brain_mask_in_pet = pe.Node(ApplyTransform(interpolation="nearestNeighbor"), name="brain_mask_in_pet")
+    t1w_to_pet = pe.Node(ComposeTransforms(invert=[True]), name="t1w_to_pet")
+    logan = pe.Node(
+        LoganDVR(pet=str(pet), metadata=metadata, t_star_min=t_star_min, k2_ref_per_min=k2_ref_per_min,
+                 label=f"{label}: PET"),
+        name="logan", mem_gb=4,
+    )
+    dvr_to_t1w = pe.Node(ApplyTransform(reference=str(t1w)), name="dvr_to_t1w", mem_gb=1)
+
+    sink = {"base_directory": str(output_dir), "source_file": str(pet), "datatype": "pet"}
+    ds_xfm = pe.Node(
+        DerivativesDataSink(**sink, suffix="xfm", keep_entities=["sub", "ses"],
+                            entities={"from": "PET", "to": "T1w", "mode": "image"}),
+        name="ds_xfm", run_without_submitting=True,
+    )
+    ds_dvr = pe.Node(
+        DerivativesDataSink(
+            **sink, suffix="mimap", entities={"space": "T1w", "model": "Logan", "meas": "DVR"},
+            metadata={"Sources": [bids_uri(bids_dir, pet), bids_uri(bids_dir, t1w)],
+                      "SpatialReference": bids_uri(bids_dir, t1w), "Units": "arbitrary",
+                      "Description": "[11C]PIB distribution volume ratio (Logan reference) on the T1w grid."},
+        ),
+        name="ds_dvr", run_without_submitting=True,
+    )
+
+    workflow.connect([
+        (inputnode, register_pet, [("t1w_preproc", "fixed"), ("brain_mask", "fixed_mask")]),
+        (pet_mean, register_pet, [("out_file", "moving")]),
+        (register_pet, merge_xfms, [("out_xfm", "in1")]),
+        (inputnode, merge_xfms, [("template_xfm", "in2")]),
+        (merge_xfms, pet_to_template, [("out", "xfms")]),
+        (inputnode, cerebellar_gm_in_pet, [("cerebellar_gm", "moving")]),
+        (pet_mean, cerebellar_gm_in_pet, [("out_file", "reference")]),
+        (pet_to_template, cerebellar_gm_in_pet, [("out_xfm", "xfm")]),
+        (cerebellar_gm_in_pet, reference_region, [("out_file", "probability")]),
+        (register_pet, t1w_to_pet, [(("out_xfm", _listify), "xfms")]),
+        (inputnode, brain_mask_in_pet, [("brain_mask", "moving")]),
+        (pet_mean, brain_mask_in_pet, [("out_file", "reference")]),
+        (t1w_to_pet, brain_mask_in_pet, [("out_xfm", "xfm")]),
+        (reference_region, logan, [("out_mask", "reference_mask")]),
+        (brain_mask_in_pet, logan, [("out_file", "brain_mask")]),
+        (logan, dvr_to_t1w, [("out_file", "moving")]),
+        (register_pet, dvr_to_t1w, [("out_xfm", "xfm")]),
+        (register_pet, ds_xfm, [("out_xfm", "in_file")]),
+        (dvr_to_t1w, ds_dvr, [("out_file", "in_file")]),
+        (logan, ds_dvr, [("metadata", "run_metadata")]),
+        (dvr_to_t1w, outputnode, [("out_file", "dvr")]),
+        (register_pet, outputnode, [("out_xfm", "xfm")]),
+    ])  # fmt: skip
+    return workflow
+
+
+def _listify(value):
+    """Wrap one transform in a list (a connection function: keep it self-contained)."""
+    return [value]

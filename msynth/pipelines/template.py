@@ -1,0 +1,56 @@
+"""Affine registration of the MNI152 2009a template to the T1w reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from msynth.interfaces.bids import DerivativesDataSink
+from msynth.interfaces.registration import RegisterToReference
+from msynth.interfaces.templates import TemplateFiles
+from msynth.templates import TEMPLATE_NAME
+
+
+def init_template_registration_wf(
+    *, t1w: Path, output_dir: Path, omp_nthreads: int, name: str = "template_registration_wf"
+) -> pe.Workflow:
+    """Register the template to the T1w reference (rigid → affine, mutual information, brain-masked).
+
+    Inputs
+    ------
+    t1w_preproc, brain_mask
+        The T1w reference and its brain mask.
+
+    Outputs
+    -------
+    xfm
+        ``from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.mat``: resamples template images onto the T1w.
+    cerebellar_gm
+        Cerebellar grey-matter probability on the template grid.
+    """
+    workflow = pe.Workflow(name=name)
+    workflow.__desc__ = (
+        f"The {TEMPLATE_NAME} template (nilearn) was registered to the T1w reference with an affine transform "
+        "(ANTs, mutual information inside the brain mask)."
+    )
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_preproc", "brain_mask"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["xfm", "cerebellar_gm"]), name="outputnode")
+    template_files = pe.Node(TemplateFiles(), name="template_files")
+    register_template = pe.Node(RegisterToReference(key=TEMPLATE_NAME, omp_nthreads=omp_nthreads),
+                                name="register_template", n_procs=omp_nthreads, mem_gb=3)
+    ds_xfm = pe.Node(
+        DerivativesDataSink(base_directory=str(output_dir), source_file=str(t1w), datatype="anat", suffix="xfm",
+                            keep_entities=["sub", "ses"], entities={"from": TEMPLATE_NAME, "to": "T1w",
+                                                                     "mode": "image"}),
+        name="ds_xfm", run_without_submitting=True,
+    )
+    workflow.connect([
+        (inputnode, register_template, [("t1w_preproc", "fixed"), ("brain_mask", "fixed_mask")]),
+        (template_files, register_template, [("t1w", "moving")]),
+        (register_template, ds_xfm, [("out_xfm", "in_file")]),
+        (register_template, outputnode, [("out_xfm", "xfm")]),
+        (template_files, outputnode, [("cerebellar_gm", "cerebellar_gm")]),
+    ])  # fmt: skip
+    return workflow
