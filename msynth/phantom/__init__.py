@@ -1,0 +1,8 @@
+"""msynth-phantom: a synthetic multiple sclerosis cohort with known truth, built on real anatomy.
+
+The public entry point is :func:`generate_cohort` (the ``msynth-phantom`` command line calls it).
+"""
+
+from .cohort import CohortResult, check_arguments, generate_cohort, participant_labels
+
+__all__ = ["CohortResult", "check_arguments", "generate_cohort", "participant_labels"]

@@ -8,4 +8,4 @@ writes them into a given ``newpath`` (or output file) and returns their paths.
 
 from msynth.preprocessing.checks import InputImageError, check_dwi, check_image, check_pet_sidecar
 
-__all__ = ['InputImageError', 'check_dwi', 'check_image', 'check_pet_sidecar']
+__all__ = ["InputImageError", "check_dwi", "check_image", "check_pet_sidecar"]

@@ -10,16 +10,16 @@ import numpy as np
 
 
 def output_path(in_file: str | PathLike[str], newpath: str | PathLike[str], suffix: str,
-                ext: str = '.nii.gz') -> Path:
+                ext: str = ".nii.gz") -> Path:
     """``<newpath>/<in_file name without .nii/.nii.gz>_<suffix><ext>``; creates ``newpath``."""
     name = Path(in_file).name
-    for known in ('.nii.gz', '.nii', '.mat', '.txt'):
+    for known in (".nii.gz", ".nii", ".mat", ".txt"):
         if name.endswith(known):
             name = name[: -len(known)]
             break
     newpath = Path(newpath)
     newpath.mkdir(parents=True, exist_ok=True)
-    return newpath / f'{name}_{suffix}{ext}'
+    return newpath / f"{name}_{suffix}{ext}"
 
 
 def write_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | PathLike[str]) -> Path:

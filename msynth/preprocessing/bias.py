@@ -13,7 +13,7 @@ import numpy as np
 
 from msynth.preprocessing._io import output_path, write_like
 
-LOGGER = logging.getLogger('msynth.preprocessing')
+LOGGER = logging.getLogger("msynth.preprocessing")
 
 
 @dataclass(frozen=True)
@@ -77,26 +77,26 @@ def n4_correct(
     data = np.asanyarray(img.dataobj).astype(np.float32)
     n_negative = int(np.count_nonzero(data < 0))
     if n_negative:
-        LOGGER.info('N4 %s: %d negative voxels clipped to 0', Path(in_file).name, n_negative)
+        LOGGER.info("N4 %s: %d negative voxels clipped to 0", Path(in_file).name, n_negative)
         data = np.clip(data, 0, None)
     fit = data > 0
     if mask is not None:
         fit &= np.asanyarray(nib.load(mask).dataobj) > 0
     if not fit.any():
-        raise ValueError(f'N4 {in_file}: no positive voxel inside the mask to fit the bias field on')
+        raise ValueError(f"N4 {in_file}: no positive voxel inside the mask to fit the bias field on")
 
     reference = ants.image_read(str(in_file))
     image = reference.new_image_like(data)
     fit_mask = reference.new_image_like(fit.astype(np.float32))
     field = ants.n4_bias_field_correction(
         image, mask=fit_mask, shrink_factor=shrink_factor,
-        convergence={'iters': list(iterations), 'tol': convergence_threshold},
+        convergence={"iters": list(iterations), "tol": convergence_threshold},
         spline_param=spline_distance_mm, return_bias_field=True,
     ).numpy()
     field = field / field[fit].mean()
     corrected = np.where(data > 0, data / field, 0).astype(np.float32)
-    LOGGER.info('N4 %s: field range %.2f–%.2f in the mask', Path(in_file).name, field[fit].min(), field[fit].max())
+    LOGGER.info("N4 %s: field range %.2f–%.2f in the mask", Path(in_file).name, field[fit].min(), field[fit].max())
     return N4Result(
-        write_like(corrected, img, output_path(in_file, newpath, 'n4')),
-        write_like(field.astype(np.float32), img, output_path(in_file, newpath, 'n4field')),
+        write_like(corrected, img, output_path(in_file, newpath, "n4")),
+        write_like(field.astype(np.float32), img, output_path(in_file, newpath, "n4field")),
     )

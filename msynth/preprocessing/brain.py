@@ -8,6 +8,7 @@ time does not depend on the input voxel size (about 6 s on 2 CPU cores, measured
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -20,9 +21,9 @@ from scipy import ndimage as ndi
 
 from msynth.preprocessing._io import output_path, write_like
 
-LOGGER = logging.getLogger('msynth.preprocessing')
+LOGGER = logging.getLogger("msynth.preprocessing")
 
-Device = Literal['auto', 'cpu', 'cuda']
+Device = Literal["auto", "cpu", "cuda"]
 
 #: Voxels whose magnitude is at most this fraction of the robust maximum (98th percentile of the positive voxels)
 #: count as background, so that interpolation residue around a resampled, skull-stripped brain is not foreground.
@@ -77,17 +78,21 @@ def is_skull_stripped(img: nib.Nifti1Image, sidecar_meta: Mapping[str, Any] | No
     -------
     bool
     """
-    if sidecar_meta is not None and 'SkullStripped' in sidecar_meta:
-        return bool(sidecar_meta['SkullStripped'])
+    if sidecar_meta is not None and "SkullStripped" in sidecar_meta:
+        return bool(sidecar_meta["SkullStripped"])
     data = np.asanyarray(img.dataobj).astype(np.float32)
     foreground = _foreground(data)
     border = np.ones(data.shape, dtype=bool)
     border[1:-1, 1:-1, 1:-1] = False
     border_background = 1.0 - float(foreground[border].mean())
+    if border_background < STRIPPED_MIN_BORDER_BACKGROUND:
+        LOGGER.info("skull-stripping detection: %.1f %% background on the border -> whole head",
+                    100 * border_background)
+        return False
     volume_l = _largest_component(foreground).sum() * _voxel_volume_ml(img) / 1000
-    stripped = border_background >= STRIPPED_MIN_BORDER_BACKGROUND and volume_l <= STRIPPED_MAX_VOLUME_L
-    LOGGER.info('skull-stripping detection: %.1f %% background on the border, foreground %.2f L -> %s',
-                100 * border_background, volume_l, 'skull-stripped' if stripped else 'whole head')
+    stripped = volume_l <= STRIPPED_MAX_VOLUME_L
+    LOGGER.info("skull-stripping detection: %.1f %% background on the border, foreground %.2f L -> %s",
+                100 * border_background, volume_l, "skull-stripped" if stripped else "whole head")
     return stripped
 
 
@@ -109,7 +114,7 @@ def support_mask(img: nib.Nifti1Image) -> np.ndarray:
 def deepbet_mask(
     img: nib.Nifti1Image,
     *,
-    device: Device = 'auto',
+    device: Device = "auto",
     threshold: float = 0.5,
     n_dilate: int = 0,
 ) -> np.ndarray:
@@ -132,14 +137,17 @@ def deepbet_mask(
     -------
     numpy.ndarray of bool, the image's shape
     """
+    # torch and deepbet are imported here, when a whole head is stripped: importing torch takes seconds.
     import torch
     from deepbet import BrainExtraction
 
-    if device == 'cuda' and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError('deepbet: device "cuda" was requested but torch sees no CUDA GPU; use --device cpu or auto')
-    use_gpu = device != 'cpu' and torch.cuda.is_available()
-    LOGGER.info('deepbet on %s (threshold %.2f, n_dilate %d)', 'cuda' if use_gpu else 'cpu', threshold, n_dilate)
-    extractor = BrainExtraction(no_gpu=not use_gpu)
+    use_gpu = device != "cpu" and torch.cuda.is_available()
+    LOGGER.info("deepbet on %s (threshold %.2f, n_dilate %d)", "cuda" if use_gpu else "cpu", threshold, n_dilate)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated", category=DeprecationWarning)
+        extractor = BrainExtraction(no_gpu=not use_gpu)
     _, mask_img, _ = extractor.run(img, threshold=threshold, n_dilate=n_dilate)
     return np.asanyarray(mask_img.dataobj) > 0
 
@@ -149,7 +157,7 @@ def extract_brain(
     *,
     newpath: str | PathLike[str],
     sidecar_meta: Mapping[str, Any] | None = None,
-    device: Device = 'auto',
+    device: Device = "auto",
     threshold: float = 0.5,
     n_dilate: int = 0,
 ) -> BrainMask:
@@ -177,14 +185,14 @@ def extract_brain(
     img = nib.load(in_file)
     skull_stripped = is_skull_stripped(img, sidecar_meta)
     if skull_stripped:
-        LOGGER.info('%s is skull-stripped: brain mask = its support, deepbet skipped', Path(in_file).name)
+        LOGGER.info("%s is skull-stripped: brain mask = its support, deepbet skipped", Path(in_file).name)
         mask = support_mask(img)
     else:
         mask = deepbet_mask(img, device=device, threshold=threshold, n_dilate=n_dilate)
-    out_file = write_like(mask.astype(np.uint8), img, output_path(in_file, newpath, 'brainmask'))
+    out_file = write_like(mask.astype(np.uint8), img, output_path(in_file, newpath, "brainmask"))
     volume_ml = float(mask.sum() * _voxel_volume_ml(img))
-    LOGGER.info('brain mask %s: %.0f ml', out_file.name, volume_ml)
-    return BrainMask(out_file, skull_stripped, 'support' if skull_stripped else 'deepbet', volume_ml)
+    LOGGER.info("brain mask %s: %.0f ml", out_file.name, volume_ml)
+    return BrainMask(out_file, skull_stripped, "support" if skull_stripped else "deepbet", volume_ml)
 
 
 def _foreground(data: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-LOGGER = logging.getLogger('msynth.preprocessing')
+LOGGER = logging.getLogger("msynth.preprocessing")
 
 #: Largest distance (mm) allowed between the positions that the qform and the sform give to the corners of the field
 #: of view, when both are set. Tools disagree on which of the two they read (nibabel prefers the sform, ITK/ANTs may
@@ -48,7 +48,7 @@ class InputImageError(ValueError):
     def __init__(self, label: str, path: str | PathLike[str], cause: str, advice: str) -> None:
         self.label = label
         self.path = Path(path)
-        super().__init__(f'{label} {cause} — {advice} (file: {self.path})')
+        super().__init__(f"{label} {cause} — {advice} (file: {self.path})")
 
 
 def check_image(
@@ -60,10 +60,11 @@ def check_image(
 ) -> nib.Nifti1Image:
     """Load a NIfTI image and check that msynth can use it.
 
-    Checks, in order: the file exists and is not empty (0 bytes, or a dimension of length 0); nibabel can read the header and the whole data block (a
-    truncated or corrupt gzip fails here); the number of dimensions, ignoring trailing dimensions of length 1; all
-    voxels are finite; the affine is finite and not singular; and, when both the qform and the sform codes are > 0,
-    that they place the corners of the field of view within ``qform_tolerance_mm`` of each other.
+    Checks, in order: the file exists and is not empty; nibabel can read the header and the whole data block (a
+    truncated or corrupt gzip fails here); no dimension has length 0; the number of dimensions, ignoring trailing
+    dimensions of length 1; all voxels are finite; the affine is finite and not singular; and, when both the qform
+    and the sform codes are > 0, that they place the corners of the field of view within ``qform_tolerance_mm`` of
+    each other.
 
     Parameters
     ----------
@@ -89,28 +90,28 @@ def check_image(
     """
     path = Path(path)
     if not path.is_file():
-        raise InputImageError(label, path, 'file does not exist', 'check the BIDS dataset and --bids-filter-file')
+        raise InputImageError(label, path, "file does not exist", "check the BIDS dataset and --bids-filter-file")
     if path.stat().st_size == 0:
-        raise InputImageError(label, path, 'file is empty (0 bytes)', 're-export or re-copy the image')
+        raise InputImageError(label, path, "file is empty (0 bytes)", "re-export or re-copy the image")
     try:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
         raise InputImageError(
-            label, path, f'cannot be read ({type(exc).__name__}: {exc}); the file is truncated or corrupt',
-            're-copy or re-convert the image (check the download or the DICOM conversion)',
+            label, path, f"cannot be read ({type(exc).__name__}: {exc}); the file is truncated or corrupt",
+            "re-copy or re-convert the image (check the download or the DICOM conversion)",
         ) from exc
 
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > expect_ndim and shape[-1] == 1:
         shape = shape[:-1]
     if 0 in shape:
-        raise InputImageError(label, path, f'has an empty dimension {shape}', 're-export or re-convert the image')
+        raise InputImageError(label, path, f"has an empty dimension {shape}", "re-export or re-convert the image")
     if len(shape) != expect_ndim:
-        what = 'one 3-D volume' if expect_ndim == 3 else f'a {expect_ndim}-D series'
+        what = "one 3-D volume" if expect_ndim == 3 else f"a {expect_ndim}-D series"
         raise InputImageError(
-            label, path, f'has {len(shape)} dimensions {shape}; msynth expects {what}',
-            'pass --bids-filter-file to select another run',
+            label, path, f"has {len(shape)} dimensions {shape}; msynth expects {what}",
+            "pass --bids-filter-file to select another run",
         )
     if shape != img.shape:
         data = data.reshape(shape)
@@ -119,8 +120,8 @@ def check_image(
     n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
     if n_bad:
         raise InputImageError(
-            label, path, f'has {n_bad} NaN/Inf voxels; msynth expects finite intensities',
-            'replace them (e.g. with 0) or re-convert the image',
+            label, path, f"has {n_bad} NaN/Inf voxels; msynth expects finite intensities",
+            "replace them (e.g. with 0) or re-convert the image",
         )
 
     _check_affine(img, path, label=label, tolerance_mm=qform_tolerance_mm)
@@ -131,29 +132,29 @@ def _check_affine(img: nib.Nifti1Image, path: Path, *, label: str, tolerance_mm:
     """Raise when the affine is non-finite or singular, or qform and sform disagree."""
     affine = img.affine
     if not np.all(np.isfinite(affine)):
-        raise InputImageError(label, path, 'has a non-finite affine (NaN/Inf in the header)',
-                              'fix the qform/sform of the header')
+        raise InputImageError(label, path, "has a non-finite affine (NaN/Inf in the header)",
+                              "fix the qform/sform of the header")
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     # Determinant relative to the voxel volume: 1 for an orthogonal grid, 0 for a degenerate (flat) one.
     if np.any(zooms == 0) or abs(np.linalg.det(affine[:3, :3])) / np.prod(zooms) < 1e-3:
-        raise InputImageError(label, path, 'has a singular affine (the voxel axes are degenerate)',
-                              'fix the qform/sform of the header')
+        raise InputImageError(label, path, "has a singular affine (the voxel axes are degenerate)",
+                              "fix the qform/sform of the header")
     header = img.header
-    if not hasattr(header, 'get_qform'):
+    if not hasattr(header, "get_qform"):
         return
     qform, qcode = header.get_qform(coded=True)
     sform, scode = header.get_sform(coded=True)
     if qform is None or sform is None or not (int(qcode) > 0 and int(scode) > 0):
         return
-    corners = np.array(np.meshgrid(*[[0, n - 1] for n in img.shape[:3]], indexing='ij')).reshape(3, -1)
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in img.shape[:3]], indexing="ij")).reshape(3, -1)
     corners = np.vstack([corners, np.ones(corners.shape[1])])
     gap = float(np.linalg.norm((qform - sform) @ corners, axis=0).max())
     if gap > tolerance_mm:
         raise InputImageError(
             label, path,
-            f'has qform and sform that disagree by up to {gap:.2f} mm (tolerance {tolerance_mm} mm)',
-            'tools would place the image differently; fix the header, e.g. with nibabel '
-            '`img.set_qform(img.get_sform())`, or set one of the two codes to 0',
+            f"has qform and sform that disagree by up to {gap:.2f} mm (tolerance {tolerance_mm} mm)",
+            "tools would place the image differently; fix the header, e.g. with nibabel "
+            "`img.set_qform(img.get_sform())`, or set one of the two codes to 0",
         )
 
 
@@ -186,50 +187,50 @@ def check_dwi(
     """
     img = check_image(dwi, label=label, expect_ndim=4)
     n_volumes = img.shape[3]
-    bvals = _read_table(bval, label=label, kind='.bval')
-    bvecs = _read_table(bvec, label=label, kind='.bvec')
+    bvals = _read_table(bval, label=label, kind=".bval")
+    bvecs = _read_table(bvec, label=label, kind=".bvec")
     bvals = bvals.ravel() if bvals.ndim == 2 and 1 in bvals.shape else bvals
     if bvals.ndim != 1:
-        raise InputImageError(label, bval, f'.bval has shape {bvals.shape}; BIDS expects one row of b-values',
-                              'write the b-values on one line')
+        raise InputImageError(label, bval, f".bval has shape {bvals.shape}; BIDS expects one row of b-values",
+                              "write the b-values on one line")
     if bvals.size != n_volumes:
-        raise InputImageError(label, bval, f'.bval has {bvals.size} b-values but the DWI has {n_volumes} volumes',
-                              'use the .bval written with this series')
+        raise InputImageError(label, bval, f".bval has {bvals.size} b-values but the DWI has {n_volumes} volumes",
+                              "use the .bval written with this series")
     if bvecs.ndim != 2 or bvecs.shape[0] != 3:
-        hint = ('; it looks transposed' if bvecs.ndim == 2 and bvecs.shape[1] == 3 else '')
-        raise InputImageError(label, bvec, f'.bvec has shape {bvecs.shape}{hint}; BIDS expects 3 rows of N values',
-                              'write the vectors as 3 rows (x, y, z)')
+        hint = ("; it looks transposed" if bvecs.ndim == 2 and bvecs.shape[1] == 3 else "")
+        raise InputImageError(label, bvec, f".bvec has shape {bvecs.shape}{hint}; BIDS expects 3 rows of N values",
+                              "write the vectors as 3 rows (x, y, z)")
     if bvecs.shape[1] != n_volumes:
         raise InputImageError(label, bvec,
-                              f'.bvec has {bvecs.shape[1]} vectors but the DWI has {n_volumes} volumes',
-                              'use the .bvec written with this series')
+                              f".bvec has {bvecs.shape[1]} vectors but the DWI has {n_volumes} volumes",
+                              "use the .bvec written with this series")
     weighted = bvals > b0_threshold
     if not np.any(~weighted):
-        raise InputImageError(label, bval, f'has no b=0 volume (b ≤ {b0_threshold:g} s/mm²)',
-                              'a b=0 volume is needed for the brain mask and the registration to T1w')
+        raise InputImageError(label, bval, f"has no b=0 volume (b ≤ {b0_threshold:g} s/mm²)",
+                              "a b=0 volume is needed for the brain mask and the registration to T1w")
     if np.count_nonzero(weighted) < _DWI_MIN_DIRECTIONS:
-        raise InputImageError(label, bval, f'has {np.count_nonzero(weighted)} diffusion-weighted volumes; '
-                              f'a tensor fit needs at least {_DWI_MIN_DIRECTIONS}', 'select another DWI run')
+        raise InputImageError(label, bval, f"has {np.count_nonzero(weighted)} diffusion-weighted volumes; "
+                              f"a tensor fit needs at least {_DWI_MIN_DIRECTIONS}", "select another DWI run")
     norms = np.linalg.norm(bvecs[:, weighted], axis=0)
     if np.any(np.abs(norms - 1) > _BVEC_NORM_TOLERANCE):
-        raise InputImageError(label, bvec, 'has diffusion-weighted volumes whose gradient vectors are not unit '
-                              f'vectors (norms {norms.min():.2f}–{norms.max():.2f})',
-                              'check the .bvec file (BIDS expects unit vectors)')
+        raise InputImageError(label, bvec, "has diffusion-weighted volumes whose gradient vectors are not unit "
+                              f"vectors (norms {norms.min():.2f}–{norms.max():.2f})",
+                              "check the .bvec file (BIDS expects unit vectors)")
     return bvals, bvecs.T
 
 
 def _read_table(path: str | PathLike[str] | None, *, label: str, kind: str) -> np.ndarray:
     """Read a whitespace-separated numeric text file, translating failures into InputImageError."""
     if path is None or not Path(path).is_file():
-        raise InputImageError(label, path or f'<no {kind}>', f'has no {kind} file',
-                              f'add the {kind} beside the DWI series (BIDS requires it)')
+        raise InputImageError(label, path or f"<no {kind}>", f"has no {kind} file",
+                              f"add the {kind} beside the DWI series (BIDS requires it)")
     try:
         table = np.loadtxt(path, ndmin=2)
     except ValueError as exc:
-        raise InputImageError(label, path, f'{kind} is not a table of numbers ({exc})',
-                              f'fix or re-export the {kind} file') from exc
+        raise InputImageError(label, path, f"{kind} is not a table of numbers ({exc})",
+                              f"fix or re-export the {kind} file") from exc
     if table.size == 0:
-        raise InputImageError(label, path, f'{kind} is empty', f'fix or re-export the {kind} file')
+        raise InputImageError(label, path, f"{kind} is empty", f"fix or re-export the {kind} file")
     return table
 
 
@@ -257,36 +258,36 @@ def check_pet_sidecar(
         not overlapping (0.5 s tolerance for rounding).
     """
     if json_path is None or not Path(json_path).is_file():
-        raise InputImageError(label, json_path or '<no sidecar>', 'has no JSON sidecar with the frame timing',
-                              'add FrameTimesStart and FrameDuration (BIDS-PET) beside the PET series')
+        raise InputImageError(label, json_path or "<no sidecar>", "has no JSON sidecar with the frame timing",
+                              "add FrameTimesStart and FrameDuration (BIDS-PET) beside the PET series")
     try:
         meta = json.loads(Path(json_path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputImageError(label, json_path, f'sidecar is not valid JSON ({exc})', 'fix the JSON file') from exc
+        raise InputImageError(label, json_path, f"sidecar is not valid JSON ({exc})", "fix the JSON file") from exc
     arrays = {}
-    for key in ('FrameTimesStart', 'FrameDuration'):
+    for key in ("FrameTimesStart", "FrameDuration"):
         value = meta.get(key)
         if value is None:
-            raise InputImageError(label, json_path, f'sidecar has no {key}',
-                                  'add FrameTimesStart and FrameDuration (seconds, one per frame; BIDS-PET)')
+            raise InputImageError(label, json_path, f"sidecar has no {key}",
+                                  "add FrameTimesStart and FrameDuration (seconds, one per frame; BIDS-PET)")
         if isinstance(value, (int, float)):
             value = [value]
         if not (isinstance(value, Sequence) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                     and math.isfinite(v) for v in value)):
-            raise InputImageError(label, json_path, f'sidecar {key} is not a list of finite numbers',
-                                  'write the frame timing in seconds, one number per frame')
+            raise InputImageError(label, json_path, f"sidecar {key} is not a list of finite numbers",
+                                  "write the frame timing in seconds, one number per frame")
         if len(value) != n_frames:
-            raise InputImageError(label, json_path, f'sidecar {key} has {len(value)} values but the PET series '
-                                  f'has {n_frames} frames', 'use the sidecar written with this series')
+            raise InputImageError(label, json_path, f"sidecar {key} has {len(value)} values but the PET series "
+                                  f"has {n_frames} frames", "use the sidecar written with this series")
         arrays[key] = np.asarray(value, dtype=float)
-    starts, durations = arrays['FrameTimesStart'], arrays['FrameDuration']
+    starts, durations = arrays["FrameTimesStart"], arrays["FrameDuration"]
     if np.any(durations <= 0):
-        raise InputImageError(label, json_path, 'sidecar FrameDuration has values ≤ 0',
-                              'frame durations must be positive (seconds)')
+        raise InputImageError(label, json_path, "sidecar FrameDuration has values ≤ 0",
+                              "frame durations must be positive (seconds)")
     if np.any(np.diff(starts) <= 0):
-        raise InputImageError(label, json_path, 'sidecar FrameTimesStart is not strictly increasing',
-                              'list the frames in acquisition order')
+        raise InputImageError(label, json_path, "sidecar FrameTimesStart is not strictly increasing",
+                              "list the frames in acquisition order")
     if np.any(starts[:-1] + durations[:-1] > starts[1:] + _FRAME_OVERLAP_TOLERANCE_S):
-        raise InputImageError(label, json_path, 'sidecar frames overlap (a frame starts before the previous ends)',
-                              'check FrameTimesStart and FrameDuration')
+        raise InputImageError(label, json_path, "sidecar frames overlap (a frame starts before the previous ends)",
+                              "check FrameTimesStart and FrameDuration")
     return starts, durations

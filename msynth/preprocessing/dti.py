@@ -22,7 +22,7 @@ from dipy.segment.mask import median_otsu
 from msynth.preprocessing._io import output_path, write_like
 from msynth.preprocessing.checks import B0_THRESHOLD, check_dwi
 
-LOGGER = logging.getLogger('msynth.preprocessing')
+LOGGER = logging.getLogger("msynth.preprocessing")
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ def tensor_metrics(
     """
     gtab = gradient_table(np.asarray(bvals, dtype=float), bvecs=np.asarray(bvecs, dtype=float),
                           b0_threshold=b0_threshold)
-    fit = TensorModel(gtab, fit_method='WLS').fit(data, mask=mask)
-    maps = {'FA': np.clip(np.nan_to_num(fit.fa), 0, 1), 'MD': fit.md, 'RD': fit.rd, 'AD': fit.ad}
+    fit = TensorModel(gtab, fit_method="WLS").fit(data, mask=mask)
+    maps = {"FA": np.clip(np.nan_to_num(fit.fa), 0, 1), "MD": fit.md, "RD": fit.rd, "AD": fit.ad}
     return {key: np.where(mask, np.nan_to_num(value), 0).astype(np.float32) for key, value in maps.items()}
 
 
@@ -96,7 +96,7 @@ def fit_dti(
     newpath: str | PathLike[str],
     mask: str | PathLike[str] | None = None,
     b0_threshold: float = B0_THRESHOLD,
-    label: str = 'DWI',
+    label: str = "DWI",
 ) -> DTIMaps:
     """Check a DWI series, fit the tensor in the brain, and write FA, MD, RD, AD, the mean b=0 and the mask.
 
@@ -123,11 +123,11 @@ def fit_dti(
     data = np.asanyarray(img.dataobj).astype(np.float32)
     b0 = mean_b0(data, bvals, b0_threshold=b0_threshold)
     brain = np.asanyarray(nib.load(mask).dataobj) > 0 if mask is not None else b0_brain_mask(b0)
-    LOGGER.info('DTI (WLS) in %d voxels of %s', int(brain.sum()), Path(dwi).name)
+    LOGGER.info("DTI (WLS) in %d voxels of %s", int(brain.sum()), Path(dwi).name)
     maps = tensor_metrics(data, bvals, bvecs, brain, b0_threshold=b0_threshold)
     written = {key: write_like(value, img, output_path(dwi, newpath, key)) for key, value in maps.items()}
     return DTIMaps(
-        fa=written['FA'], md=written['MD'], rd=written['RD'], ad=written['AD'],
-        b0=write_like(b0, img, output_path(dwi, newpath, 'b0')),
-        mask=write_like(brain.astype(np.uint8), img, output_path(dwi, newpath, 'b0mask')),
+        fa=written["FA"], md=written["MD"], rd=written["RD"], ad=written["AD"],
+        b0=write_like(b0, img, output_path(dwi, newpath, "b0")),
+        mask=write_like(brain.astype(np.uint8), img, output_path(dwi, newpath, "b0mask")),
     )
