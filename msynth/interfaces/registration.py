@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import nibabel as nb
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from msynth.interfaces.anat import limit_threads
-from msynth.preprocessing.registration import apply_transform, compose, invert, register_to_reference
+from msynth.preprocessing.registration import (
+    MAX_PLAUSIBLE_SCALE,
+    apply_transform,
+    compose,
+    invert,
+    pyramid_for,
+    register_to_reference,
+)
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -13,6 +21,12 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     fixed = File(exists=True, mandatory=True, desc="T1w reference")
     fixed_mask = File(exists=True, mandatory=True, desc="brain mask on the T1w grid")
     key = traits.Str(mandatory=True, desc="modality key of the moving image, names the transform")
+    initialization = traits.Enum(
+        "scanner", "centre-of-mass", usedefault=True,
+        desc="'scanner' (world coordinates) for images of one session; 'centre-of-mass' across subjects",
+    )
+    intra_subject = traits.Bool(True, usedefault=True, desc="warn on implausible scaling (same head)")
+    affine = traits.Bool(True, usedefault=True, desc="rigid then affine; False: rigid only")
     omp_nthreads = traits.Int(1, usedefault=True, desc="threads")
 
 
@@ -29,14 +43,20 @@ class RegisterToReference(SimpleInterface):
 
     def _run_interface(self, runtime):
         limit_threads(self.inputs.omp_nthreads)
+        pyramid = pyramid_for(min(nb.load(self.inputs.fixed).header.get_zooms()[:3]))
         out_xfm = register_to_reference(
             self.inputs.moving, self.inputs.fixed, self.inputs.fixed_mask,
             out_xfm=f"{runtime.cwd}/from-{self.inputs.key}_to-T1w_mode-image_xfm.mat",
+            initialization=self.inputs.initialization,
+            affine=self.inputs.affine,
+            max_scale=MAX_PLAUSIBLE_SCALE if self.inputs.intra_subject else None,
+            **pyramid,
         )
         self._results["out_xfm"] = str(out_xfm)
         self._results["metadata"] = {
-            "Registration": {"Method": "ANTs rigid then affine", "Metric": "Mattes mutual information",
-                             "Mask": "T1w brain mask", "Initialization": "centres of mass"},
+            "Registration": {"Method": f"ANTs rigid{' then affine' if self.inputs.affine else ''}",
+                             "Metric": "Mattes mutual information",
+                             "Mask": "T1w brain mask", "Initialization": self.inputs.initialization, **pyramid},
         }
         return runtime
 

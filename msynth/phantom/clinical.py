@@ -27,17 +27,23 @@ from scipy import ndimage
 DEMOGRAPHICS = {"MS": (31.4, 5.6, 12 / 18), "HC": (29.4, 6.3, 8 / 10)}
 #: Planted standardized coefficients of the EDSS model.
 EDSS_BETAS = {"dynamic_remyelination": -0.70, "age": 0.15, "sex_female": -0.05, "t2_lesion_load": 0.20}
-EDSS_MEAN, EDSS_SD = 3.0, 1.5
+EDSS_MEAN, EDSS_SD = 3.5, 1.3
 #: Distance-to-CSF rings (mm) of the healthy-control reference; farther voxels share the last ring.
 REFERENCE_RING_MM = 1.0
 REFERENCE_MAX_MM = 12.0
 
 
-def demographics(rng: np.random.Generator, group: str) -> tuple[int, str]:
-    """Age (years, 18-65) and sex (``"F"``/``"M"``) of a participant of ``group`` (``"HC"`` or ``"MS"``)."""
+def demographics(rng: np.random.Generator, group: str, count: int) -> list[tuple[int, str]]:
+    """Age (years, 18-65) and sex (``"F"``/``"M"``) of ``count`` participants of ``group`` (``"HC"``/``"MS"``).
+
+    Ages are drawn from the thesis cohort's mean and SD; the number of women is the thesis share, rounded (so the
+    default cohort has 12 women of 18 patients and 8 of 10 controls), in random order.
+    """
     mean, sd, women = DEMOGRAPHICS[group]
-    age = int(np.clip(np.rint(rng.normal(mean, sd)), 18, 65))
-    return age, "F" if rng.random() < women else "M"
+    ages = np.clip(np.rint(rng.normal(mean, sd, count)), 18, 65).astype(int)
+    n_women = int(round(women * count))
+    sexes = rng.permutation(np.array(["F"] * n_women + ["M"] * (count - n_women)))
+    return [(int(a), str(x)) for a, x in zip(ages, sexes)]
 
 
 def csf_rings(csf_fraction: np.ndarray, zooms: np.ndarray) -> np.ndarray:

@@ -303,13 +303,18 @@ def generate_cohort(
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
+    # descriptions first: an interrupted run is still recognised (and replaced) by --overwrite
+    raw_dataset_files(out, seed=seed, voxel_size=voxel_size, n_controls=n_controls, n_patients=n_patients)
+    truth_dataset_files(truth, out)
     LOGGER.info("generating %d controls and %d patients at voxel size x%g (seed %d) in %s", n_controls, n_patients,
                 voxel_size, seed, out)
     cohort = _Cohort(out, truth, seed, voxel_size)
     people = [
-        _Participant(label, group, i, *clinical.demographics(stream(seed, group, i, "demographics"), group))
+        _Participant(label, group, i, age, sex)
         for group, count in (("HC", n_controls), ("MS", n_patients))
-        for i, label in enumerate(participant_labels(group, count), start=1)
+        for i, (label, (age, sex)) in enumerate(
+            zip(participant_labels(group, count), clinical.demographics(stream(seed, group, "demographics"), group,
+                                                                        count)), start=1)
     ]
     controls = [p for p in people if p.group == "HC"]
     with _workers(cohort, n_procs, len(people)) as run:
@@ -333,10 +338,8 @@ def generate_cohort(
         write_tsv(out / pid / f"{pid}_sessions.tsv", sessions)
     table = pd.concat([pd.DataFrame(rows), patients], ignore_index=True)
     write_tsv(out / "participants.tsv", table[["participant_id", "age", "sex", "group"]])
-    raw_dataset_files(out, seed=seed, voxel_size=voxel_size, n_controls=n_controls, n_patients=n_patients)
     derivative_dataset_files(cohort.lesions, title="msynth phantom expert lesion masks",
                              description="Lesion masks traced on each session's FLAIR by a simulated rater")
-    truth_dataset_files(truth, out)
     write_tsv(truth / "participants.tsv", table)
     write_json(truth / "participants.json", {**PARTICIPANTS_JSON, **TRUTH_COLUMNS})
     write_json(truth / "regression.json", regression)

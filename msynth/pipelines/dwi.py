@@ -28,7 +28,8 @@ def init_dwi_wf(
     """Fit the tensor on the DWI grid and bring FA, RD, AD and MD into space-T1w.
 
     The maps are computed on the native DWI grid (no resampling of the diffusion signal), the mean
-    b=0 image is registered to the T1w reference (rigid → affine, mutual information), and each map
+    b=0 image is registered to the T1w reference (rigid, mutual information: one head, and
+    too few voxels to pin down scaling and shear), and each map
     is resampled through that transform.
 
     Parameters
@@ -59,7 +60,7 @@ def init_dwi_wf(
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = (
         "The diffusion tensor was fitted by weighted least squares (dipy) inside a b=0 brain mask; the mean b=0 "
-        "image was registered to the T1w reference (ANTs, rigid then affine, mutual information) and FA, RD, AD "
+        "image was registered to the T1w reference (ANTs, rigid, mutual information) and FA, RD, AD "
         "and MD were resampled onto the T1w grid."
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_preproc", "brain_mask"]), name="inputnode")
@@ -67,7 +68,7 @@ def init_dwi_wf(
 
     dti_fit = pe.Node(DTIFit(dwi=str(dwi), bval=str(bval), bvec=str(bvec), label=f"{label}: DWI"),
                       name="dti_fit", mem_gb=4)
-    register_b0 = pe.Node(RegisterToReference(key="DWI", omp_nthreads=omp_nthreads), name="register_b0",
+    register_b0 = pe.Node(RegisterToReference(key="DWI", affine=False, omp_nthreads=omp_nthreads), name="register_b0",
                           n_procs=omp_nthreads, mem_gb=2)
     resample_maps = pe.MapNode(ApplyTransform(reference=str(t1w)), iterfield=["moving"], name="resample_maps",
                                mem_gb=1)

@@ -68,14 +68,14 @@ def init_pet_wf(
         f"Voxel-wise [11C]PIB distribution volume ratios were computed with the Logan reference-tissue method "
         f"(t* = {t_star_min:g} min, k2' = {k2_ref_per_min} 1/min) with a cerebellar grey-matter reference region, "
         "on the native PET grid, and resampled onto the T1w grid through the registration of the frame-weighted "
-        "mean PET image to the T1w (ANTs, rigid then affine, mutual information)."
+        "mean PET image to the T1w (ANTs, rigid, mutual information)."
     )
     fields = ["t1w_preproc", "brain_mask", "template_xfm", "cerebellar_gm"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["dvr", "xfm"]), name="outputnode")
 
     pet_mean = pe.Node(PETMean(pet=str(pet), metadata=metadata, label=f"{label}: PET"), name="pet_mean", mem_gb=3)
-    register_pet = pe.Node(RegisterToReference(key="PET", omp_nthreads=omp_nthreads), name="register_pet",
+    register_pet = pe.Node(RegisterToReference(key="PET", affine=False, omp_nthreads=omp_nthreads), name="register_pet",
                            n_procs=omp_nthreads, mem_gb=2)
     pet_to_template = pe.Node(ComposeTransforms(invert=[True, False]), name="pet_to_template")
     merge_xfms = pe.Node(niu.Merge(2), name="merge_xfms", run_without_submitting=True)

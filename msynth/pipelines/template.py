@@ -38,7 +38,8 @@ def init_template_registration_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_preproc", "brain_mask"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["xfm", "cerebellar_gm"]), name="outputnode")
     template_files = pe.Node(TemplateFiles(), name="template_files")
-    register_template = pe.Node(RegisterToReference(key=TEMPLATE_NAME, omp_nthreads=omp_nthreads),
+    register_template = pe.Node(RegisterToReference(key=TEMPLATE_NAME, initialization="centre-of-mass",
+                                                    intra_subject=False, omp_nthreads=omp_nthreads),
                                 name="register_template", n_procs=omp_nthreads, mem_gb=3)
     ds_xfm = pe.Node(
         DerivativesDataSink(base_directory=str(output_dir), source_file=str(t1w), datatype="anat", suffix="xfm",

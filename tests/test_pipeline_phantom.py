@@ -1,0 +1,79 @@
+"""The participant level on a 4 mm phantom patient, measured against the phantom's truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from msynth.cli import run as cli
+from msynth.phantom.cohort import generate_cohort
+from msynth.preprocessing.registration import mean_displacement_mm, read_affine
+from msynth.utils.validation import errors_of, run_validator
+
+SUB, SES = "MS01", "01"
+STEM = f"sub-{SUB}_ses-{SES}"
+#: modality key → (datatype, raw file suffix) of the images registered to the T1w.
+REGISTERED = {
+    "T2w": ("anat", "T2w"), "PDw": ("anat", "PDw"), "FLAIR": ("anat", "FLAIR"), "T1SE": ("anat", "acq-SE_T1w"),
+    "DIR": ("anat", "acq-DIR_T2w"), "MTR": ("anat", "MTRmap"), "DWI": ("dwi", "dwi"), "PET": ("pet", "trc-PIB_pet"),
+}
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    cohort = generate_cohort(root / "bids", n_controls=0, n_patients=1, voxel_size=4.0, seed=3)
+    out = root / "out"
+    argv = [str(cohort.bids_dir), str(out), "participant", "-w", str(root / "work"), "--session-label", SES,
+            "--nprocs", "2"]
+    assert cli.main(argv) == 0
+    return cohort, out
+
+
+def _path(root: Path, datatype: str, name: str) -> Path:
+    return root / f"sub-{SUB}" / f"ses-{SES}" / datatype / f"{STEM}_{name}"
+
+
+def _data(root: Path, datatype: str, name: str) -> np.ndarray:
+    return nb.load(_path(root, datatype, name)).get_fdata()
+
+
+def test_brain_mask_dice(phantom_run):
+    cohort, out = phantom_run
+    estimate = _data(out, "anat", "space-T1w_desc-brain_mask.nii.gz") > 0
+    truth = _data(cohort.truth_dir, "anat", "space-T1w_desc-brain_mask.nii.gz") > 0
+    assert 2 * (estimate & truth).sum() / (estimate.sum() + truth.sum()) >= 0.95
+
+
+@pytest.mark.parametrize("key", list(REGISTERED))
+def test_registration_within_half_a_voxel(phantom_run, key):
+    """Mean displacement over the brain ≤ half the larger of the T1w voxel and the image's own voxel."""
+    cohort, out = phantom_run
+    datatype, suffix = REGISTERED[key]
+    name = f"from-{key}_to-T1w_mode-image_xfm.mat"
+    brain = nb.load(_path(cohort.truth_dir, "anat", "space-T1w_desc-brain_mask.nii.gz"))
+    error = mean_displacement_mm(read_affine(_path(out, datatype, name)),
+                                 read_affine(_path(cohort.truth_dir, datatype, name)), brain)
+    own = np.mean(nb.load(_path(cohort.bids_dir, datatype, f"{suffix}.nii.gz")).header.get_zooms()[:3])
+    t1w = np.mean(brain.header.get_zooms()[:3])
+    assert error <= 0.5 * max(own, t1w)
+
+
+def test_tissue_contrasts_of_the_maps(phantom_run):
+    """FA is higher in white matter than grey; PIB DVR is higher in normal-appearing WM than in GM and lesions."""
+    cohort, out = phantom_run
+    wm = _data(cohort.truth_dir, "anat", "space-T1w_label-WM_probseg.nii.gz") > 0.9
+    gm = _data(cohort.truth_dir, "anat", "space-T1w_label-GM_probseg.nii.gz") > 0.9
+    lesion = _data(cohort.truth_dir, "anat", "space-T1w_label-lesion_mask.nii.gz") > 0
+    fa = _data(out, "dwi", "space-T1w_model-DTI_param-FA_dwimap.nii.gz")
+    dvr = _data(out, "pet", "trc-PIB_space-T1w_model-Logan_meas-DVR_mimap.nii.gz")
+    assert np.median(fa[wm & ~lesion]) > 1.5 * np.median(fa[gm])
+    assert np.median(dvr[wm & ~lesion]) > np.median(dvr[gm])
+    assert np.median(dvr[lesion]) < np.median(dvr[wm & ~lesion])
+
+
+def test_phantom_derivatives_validate(phantom_run):
+    assert errors_of(run_validator(phantom_run[1])) == []
