@@ -1,4 +1,4 @@
-"""Nipype interfaces for intra-subject registration to the T1w reference."""
+"""Nipype interfaces for registration to the T1w reference and resampling onto target grids."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from msynth.preprocessing.registration import (
     pyramid_for,
     register_to_reference,
 )
+from msynth.preprocessing.resample import to_target_space
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -113,4 +114,34 @@ class ComposeTransforms(SimpleInterface):
             for index, (xfm, flag) in enumerate(zip(self.inputs.xfms, flags))
         ]
         self._results["out_xfm"] = str(compose(steps, out_xfm=f"{runtime.cwd}/composed.mat"))
+        return runtime
+
+
+class _TargetInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="image in space-T1w")
+    target = File(exists=True, mandatory=True, desc="image whose grid the output takes")
+    target_xfm = File(exists=True, desc="from-<key>_to-T1w transform of the target (for a native target space)")
+    voxel_size = traits.Float(desc="model voxel size (mm) on the target's field of view")
+    interpolation = traits.Enum("linear", "nearest", usedefault=True, desc="linear for intensities")
+
+
+class _TargetOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the image on the target grid")
+
+
+class ResampleToTarget(SimpleInterface):
+    """Bring a space-T1w image onto a model's target grid; see :func:`msynth.preprocessing.resample.to_target_space`."""
+
+    input_spec = _TargetInputSpec
+    output_spec = _TargetOutputSpec
+
+    def _run_interface(self, runtime):
+        self._results["out_file"] = str(
+            to_target_space(
+                self.inputs.in_file, self.inputs.target, newpath=runtime.cwd,
+                target_xfm=self.inputs.target_xfm if isdefined(self.inputs.target_xfm) else None,
+                voxel_size=self.inputs.voxel_size if isdefined(self.inputs.voxel_size) else None,
+                interpolation=self.inputs.interpolation,
+            )
+        )
         return runtime

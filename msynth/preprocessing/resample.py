@@ -177,3 +177,53 @@ def resample_to_target(
     resample_to_grid(nib.load(in_file), target_grid(target, voxel_size),
                      interpolation=interpolation).to_filename(out_file)
     return out_file
+
+
+def to_target_space(
+    in_file: str | PathLike[str],
+    target: str | PathLike[str],
+    *,
+    newpath: str | PathLike[str],
+    target_xfm: str | PathLike[str] | None = None,
+    voxel_size: float | tuple[float, float, float] | None = None,
+    interpolation: Literal["linear", "nearest"] = "linear",
+    suffix: str = "target",
+) -> Path:
+    """Bring a space-T1w image onto a model's target grid.
+
+    Two targets, as in the papers: the grid of an acquired image in its own space (FLAIR space for FLAIR models, PET
+    space for myelin models), reached through the inverse of that image's ``from-<key>_to-T1w`` transform
+    (``target_xfm``); or, without ``target_xfm``, the grid of an image already in T1w space (the T1w itself), at the
+    model's ``voxel_size`` when given.
+
+    Parameters
+    ----------
+    in_file
+        3-D image in space-T1w.
+    target
+        Image whose grid (and field of view) the output takes.
+    newpath
+        Output directory.
+    target_xfm
+        ``from-<key>_to-T1w_mode-image_xfm.mat`` of ``target`` (maps T1w points to target points).
+    voxel_size
+        New voxel size on the target's field of view (see :func:`target_grid`).
+    interpolation
+        ``'linear'`` for intensities, ``'nearest'`` for labels.
+
+    Returns
+    -------
+    pathlib.Path
+        ``<in_file stem>_<suffix>.nii.gz``.
+    """
+    if target_xfm is None:
+        return resample_to_target(in_file, target, newpath=newpath, voxel_size=voxel_size,
+                                  interpolation=interpolation, suffix=suffix)
+    from msynth.preprocessing.registration import apply_transform, invert
+
+    grid = target_grid(target, voxel_size)
+    reference = output_path(in_file, newpath, f"{suffix}grid")
+    nib.Nifti1Image(np.zeros(grid.shape, np.uint8), grid.affine).to_filename(reference)
+    target_to_t1w = invert(target_xfm, out_xfm=output_path(target_xfm, newpath, "inverse", ".mat"))
+    return apply_transform(in_file, reference, target_to_t1w, newpath=newpath, suffix=suffix,
+                           interpolation="linear" if interpolation == "linear" else "nearestNeighbor")
