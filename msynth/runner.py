@@ -20,7 +20,7 @@ from bids import BIDSLayout
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
 from msynth.preprocessing.checks import check_dwi, check_image, check_pet_sidecar
-from msynth.utils.bids import collect_session, report_session
+from msynth.utils.bids import SessionData, collect_session, report_session
 from msynth.utils.derivatives import atomic_write_text, publish_staged, write_dataset_description
 
 LOGGER = logging.getLogger("msynth.runner")
@@ -66,19 +66,28 @@ def run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Partic
         return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=[report])
 
 
+def check_inputs(layout: BIDSLayout, data: SessionData) -> None:
+    """Check every image of a session before any work; raises InputImageError naming the file and the cause."""
+    for key, path in data.files.items():
+        check_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
+    if "DWI" in data.files:
+        check_dwi(data.files["DWI"], *data.gradients, label=f"{data.label}: DWI")
+    if "PET" in data.files:
+        pet = data.files["PET"]
+        sidecar = layout.get_nearest(str(pet), extension=".json", suffix="pet", strict=False)
+        check_pet_sidecar(sidecar, nb.load(pet).shape[3], label=f"{data.label}: PET")
+
+
 def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
+    requested = participant_sessions(layout, label, config.sessions)
+    if not requested:
+        LOGGER.info("sub-%s has none of the requested sessions (%s); nothing to do", label, " ".join(config.sessions))
+        return ParticipantOutcome(label=label, ok=True)
     sessions = []
-    for session in participant_sessions(layout, label, config.sessions):
+    for session in requested:
         data = collect_session(layout, label, session, config.queries)
         LOGGER.info(report_session(data))
-        for key, path in data.files.items():
-            check_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
-        if "DWI" in data.files:
-            check_dwi(data.files["DWI"], *data.gradients, label=f"{data.label}: DWI")
-        if "PET" in data.files:
-            pet = data.files["PET"]
-            sidecar = layout.get_nearest(str(pet), extension=".json", suffix="pet", strict=False)
-            check_pet_sidecar(sidecar, nb.load(pet).shape[3], label=f"{data.label}: PET")
+        check_inputs(layout, data)
         if "T1w" not in data.files:
             LOGGER.warning("%s skipped: no T1w image, and every stage needs the T1w reference", data.label)
             continue

@@ -125,3 +125,14 @@ def test_failing_participant_is_isolated(tmp_path, capsys):
     assert not (out / ".msynth-staging").exists()
     assert {p: p.stat().st_mtime_ns for p in bids.rglob("*")} == before, "the input dataset was written to"
     assert errors_of(run_validator(out)) == []
+
+
+def test_participant_without_the_requested_session_is_not_a_failure(tmp_path, capsys):
+    bids = write_tiny_bids(tmp_path / "bids", {"01": ["1", "2"], "02": ["1"]})
+    out = tmp_path / "out"
+    argv = [str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--session-label", "2",
+            "--nprocs", "1", "--skip-bids-validation"]
+    assert cli.main(argv) == 0
+    assert "participant level: 2 of 2 participants finished" in capsys.readouterr().err
+    assert [p.name for p in (out / "sub-01").iterdir()] == ["ses-2"]
+    assert not (out / "sub-02").exists()
