@@ -12,7 +12,8 @@ import pytest
 
 os.environ.setdefault("NO_ET", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "open_ms_data"
+#: Real MS data (Lesjak et al., CC-BY) beside the project; tests that need it skip when it is absent.
+OPEN_MS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "open_ms_data"
 
 
 def _mni_head(voxel_size: int) -> nb.Nifti1Image:

@@ -15,7 +15,7 @@ from msynth.preprocessing.registration import apply_transform, invert, register_
 from msynth.preprocessing.resample import resample_to_grid, target_grid
 
 PYDEFACE_HEAD = Path(pytest.importorskip("pydeface").__file__).parent / "data" / "mean_reg2mean.nii.gz"
-OPEN_MS = Path(__file__).resolve().parents[2] / "shared" / "data" / "open_ms_data"
+from conftest import OPEN_MS_DATA as OPEN_MS
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_sidecar_decides(head):
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not OPEN_MS.is_dir(), reason="open_ms_data not available")
+@pytest.mark.skipif(not OPEN_MS.is_dir(), reason="real MS data ../shared/data/open_ms_data (Lesjak et al. 2018, CC-BY) is absent")
 def test_detection_on_real_scans():
     stripped = OPEN_MS / "cross_sectional" / "MNI" / "patient07"
     raw = OPEN_MS / "longitudinal" / "raw" / "patient01"

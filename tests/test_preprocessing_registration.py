@@ -21,7 +21,7 @@ from msynth.preprocessing.registration import (
 )
 from msynth.preprocessing.resample import Grid, resample_to_grid, target_grid
 
-OPEN_MS = Path(__file__).resolve().parents[2] / "shared" / "data" / "open_ms_data"
+from conftest import OPEN_MS_DATA as OPEN_MS
 PATIENT = OPEN_MS / "longitudinal" / "raw" / "patient01"
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -145,7 +145,7 @@ def test_nearest_keeps_labels(t1w, tmp_path):
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not PATIENT.is_dir(), reason="open_ms_data not available")
+@pytest.mark.skipif(not PATIENT.is_dir(), reason="real MS data ../shared/data/open_ms_data (Lesjak et al. 2018, CC-BY) is absent")
 def test_dataset_transforms_map_flair_points_to_t2w_points(tmp_path):
     """``study2_T2W_intrastudy_to_FLAIR.txt`` maps FLAIR points to T2W points (it resamples T2W onto the FLAIR).
 
@@ -171,7 +171,7 @@ def test_dataset_transforms_map_flair_points_to_t2w_points(tmp_path):
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not PATIENT.is_dir(), reason="open_ms_data not available")
+@pytest.mark.skipif(not PATIENT.is_dir(), reason="real MS data ../shared/data/open_ms_data (Lesjak et al. 2018, CC-BY) is absent")
 def test_read_affine_matches_itk_on_dataset_transform():
     path = PATIENT / "study1_FLAIR_to_common_space.txt"
     tx = ants.read_transform(str(path), precision="double")
