@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
+    os.chdir(args.scratch)  # Nipype's resource monitor writes its .proc-* logs into the working directory
     tag = f"{args.voxel_size:g}mm"
 
     start = time.perf_counter()
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `.venv/bin/python benchmarks/preprocessing.py --voxel-size {args.voxel_size:g}"
         f"{' --skip-real' if args.skip_real else ''}`",
         f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
-        f"{__import__('os').cpu_count()} cores; `--nprocs 1`.",
+        f"{os.cpu_count()} cores; `--nprocs 1`.",
         "",
         f"Phantom generation (1 patient, 2 sessions): {generation_s:.0f} s; participant level, one session: {wall:.0f} s.",
         "",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="factor on every acquisition voxel size; 1 = the papers' protocols, 4 = fast tests "
                         "(default: 1)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; same seed, same bytes")
-    parser.add_argument("--nprocs", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
-                        help="participants simulated in parallel (default: the CPUs available, here %(default)s); "
-                        "the output does not depend on it")
+    parser.add_argument("--nprocs", type=int, default=None, metavar="N",
+                        help="participants simulated in parallel (default: as many as the CPUs and the free memory "
+                        "allow, about 5 GB each at --voxel-size 1); the output does not depend on it")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUTPUT_DIR and the truth folder if they hold an earlier phantom")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
     logging.captureWarnings(True)
-    from msynth.phantom import check_arguments, generate_cohort  # heavy imports after argument parsing
+    from msynth.phantom import check_arguments, default_n_procs, generate_cohort  # heavy: after parsing
 
     try:
         check_arguments(args.output_dir, args.truth_dir, args.n_controls, args.n_patients, args.voxel_size,
@@ -57,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = generate_cohort(args.output_dir, args.truth_dir, n_controls=args.n_controls,
                              n_patients=args.n_patients, voxel_size=args.voxel_size, seed=args.seed,
-                             overwrite=args.overwrite, n_procs=max(args.nprocs, 1))
+                             overwrite=args.overwrite,
+                             n_procs=default_n_procs(args.voxel_size) if args.nprocs is None else max(args.nprocs, 1))
     print(f"{PROG}: wrote {result.bids_dir} (truth: {result.truth_dir}) in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -98,6 +98,7 @@ class Anatomy:
 
 
 def _load(img: nib.Nifti1Image) -> tuple[np.ndarray, Grid]:
+    """Data (float32) and grid of a 3-D image."""
     return np.asarray(img.get_fdata(), dtype=np.float32), Grid(img.shape[:3], img.affine)
 
 

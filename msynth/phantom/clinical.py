@@ -104,6 +104,7 @@ def myelin_indices(lesion: np.ndarray, baseline: np.ndarray, follow_up: np.ndarr
 
 
 def _zscore(x: pd.Series) -> np.ndarray:
+    """Standardized values (sample SD, ddof=1)."""
     v = x.to_numpy(dtype=float)
     return (v - v.mean()) / v.std(ddof=1)
 
@@ -124,7 +125,8 @@ def plant_edss(patients: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.Ser
         EDSS (0-9.5 in half points) indexed like ``patients``, and the model description.
     """
     x = pd.DataFrame({"dynamic_remyelination": patients["dynamic_remyelination"], "age": patients["age"],
-                      "sex_female": (patients["sex"] == "F").astype(float), "t2_lesion_load": patients["t2_lesion_load"]})
+                      "sex_female": (patients["sex"] == "F").astype(float),
+                      "t2_lesion_load": patients["t2_lesion_load"]})
     n = len(x)
     usable = [c for c in x.columns if n > 1 and x[c].std(ddof=1) > 0]
     z = np.column_stack([_zscore(x[c]) for c in usable]) if usable else np.zeros((n, 0))

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import zlib
 from collections.abc import Callable, Iterator
@@ -88,6 +89,19 @@ def anatomical_spacing(voxel_size: float) -> float:
     return float(np.clip(voxel_size, 1.0, 3.0))
 
 
+#: Peak memory of one simulating process at 1 mm anatomy (GiB, measured) and its fixed part; it scales with the
+#: number of native voxels.
+_GIB_AT_1MM, _GIB_FIXED = 4.5, 0.4
+
+
+def default_n_procs(voxel_size: float) -> int:
+    """Processes that fit the available CPUs and the memory available now (at least one)."""
+    cpus = len(os.sched_getaffinity(0))
+    per_process = _GIB_AT_1MM / anatomical_spacing(voxel_size) ** 3 + _GIB_FIXED
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return max(1, min(cpus, int(available // per_process)))
+
+
 def participant_labels(group: str, count: int) -> list[str]:
     """``HC01, HC02, ...`` (at least two digits)."""
     width = max(2, len(str(count)))
@@ -95,6 +109,7 @@ def participant_labels(group: str, count: int) -> list[str]:
 
 
 def _is_phantom(folder: Path) -> bool:
+    """Whether ``folder`` holds an msynth-phantom dataset or truth (its dataset_description says so)."""
     try:
         desc = json.loads((folder / "dataset_description.json").read_text())
         return desc["GeneratedBy"][0]["Name"] == "msynth-phantom"
@@ -143,6 +158,7 @@ def check_arguments(
 
 @dataclass(frozen=True)
 class _Participant:
+    """One participant: label, group (HC/MS), index within the group, age, sex."""
     label: str
     group: str
     index: int
@@ -164,26 +180,31 @@ class _Cohort:
     """Simulates participants one at a time and keeps what the cohort-level truth needs."""
 
     def __init__(self, out: Path, truth: Path, seed: int, voxel_size: float) -> None:
+        """Output folders, seed and voxel-size factor; builds (or reuses) the atlas."""
         self.out, self.truth, self.seed, self.voxel_size = out, truth, seed, voxel_size
         self.lesions = out / "derivatives" / "lesions"
         self.atlas = load_atlas(anatomical_spacing(voxel_size))
 
     def anatomy(self, p: _Participant) -> Anatomy:
+        """Native anatomy; ventricles grow with age and in patients."""
         growth = 0.01 * (p.age - 30) + (0.08 if p.group == "MS" else 0.0)
         rng = stream(self.seed, p.group, p.index, "anatomy")
         return subject_anatomy(self.atlas, rng, ventricle_growth=growth + rng.normal(0.0, 0.04))
 
     def state(self, p: _Participant, anatomy: Anatomy, lesions: LesionState) -> TissueState:
+        """Tissue compartments of one session (healthy fields and scales are per subject)."""
         rng = stream(self.seed, p.group, p.index, "tissue")
         return tissue_state(anatomy, lesions, *healthy_fields(anatomy, rng), subject_scales(rng))
 
     def scanner(self, p: _Participant) -> _Scanner:
+        """Per-subject acquisition traits (the same at both sessions)."""
         rng = stream(self.seed, p.group, p.index, "scanner")
         return _Scanner(oblique=bool(rng.random() < 0.35), flip_x=bool(rng.random() < 0.5),
                         v0=2.0 * float(np.exp(rng.normal(0.0, 0.1))), k1_scale=float(np.exp(rng.normal(0.0, 0.1))))
 
     def write_session(self, p: _Participant, session: int, state: TissueState, dvr: np.ndarray,
                       demyelinated: np.ndarray) -> None:
+        """Place the head, administer the tracer and write one session (raw, truth, expert mask)."""
         scanner = self.scanner(p)
         rng = stream(self.seed, p.group, p.index, "session", session)
         placement = place_session(rng, GRIDS_MM, voxel_scale=self.voxel_size, oblique=scanner.oblique,
@@ -195,6 +216,7 @@ class _Cohort:
         simulate_session(paths, state, placement, pet_session, rng, dvr=dvr, demyelinated=demyelinated)
 
     def native_dvr(self, p: _Participant, state: TissueState) -> np.ndarray:
+        """Noise-free native DVR of one session."""
         return pet.true_dvr(state, self.scanner(p).v0)
 
     def control(self, p: _Participant, *, write: bool = True) -> tuple[dict, clinical.ControlReference]:
@@ -217,21 +239,30 @@ class _Cohort:
         baseline, n_lesions = place_lesions(anatomy, stream(self.seed, p.group, p.index, "lesions"))
         later = follow_up(baseline, stream(self.seed, p.group, p.index, "follow-up"),
                           remyelination_rate=remyel, demyelination_rate=demyel)
-        rings = clinical.csf_rings(anatomy.fractions["CSF"] + anatomy.fractions["XCSF"], anatomy.grid.zooms)
+        fr = anatomy.fractions
+        rings = clinical.csf_rings(fr["CSF"] + fr["XCSF"], anatomy.grid.zooms)
+        occupancy = fr["WM"] * baseline.fraction  # lesional share of each voxel (the same at both sessions)
+        lesion = occupancy >= 0.5
         masks = []
         for session, lesions in enumerate((baseline, later), start=1):
             state = self.state(p, anatomy, lesions)
-            lesion = state.volume(state.by_name("LES").fraction) >= 0.5
             dvr = self.native_dvr(p, state)
             masks.append(clinical.demyelinated(dvr, lesion, rings, threshold))
-            if session == 1:
-                baseline_lesion = lesion
-                load = float(state.by_name("LES").fraction.sum() * np.prod(anatomy.grid.zooms))
             self.write_session(p, session, state, dvr, masks[-1])
         return {"participant_id": f"sub-{p.label}", "group": p.group, "age": p.age, "sex": p.sex,
-                "n_lesions": n_lesions, "t2_lesion_load": load,
-                **clinical.myelin_indices(baseline_lesion, masks[0], masks[1]),
+                "n_lesions": n_lesions, "t2_lesion_load": float(occupancy.sum() * np.prod(anatomy.grid.zooms)),
+                **clinical.myelin_indices(lesion, masks[0], masks[1]),
                 "remyelination_rate": remyel, "demyelination_rate": demyel}
+
+
+def _participants(seed: int, n_controls: int, n_patients: int) -> list[_Participant]:
+    """Controls then patients, with labels, per-group indices and thesis-like demographics."""
+    people = []
+    for group, count in (("HC", n_controls), ("MS", n_patients)):
+        ages_sexes = clinical.demographics(stream(seed, group, "demographics"), group, count)
+        for i, (label, (age, sex)) in enumerate(zip(participant_labels(group, count), ages_sexes), start=1):
+            people.append(_Participant(label, group, i, age, sex))
+    return people
 
 
 _VIRTUAL_CONTROL = _Participant("HC00", "HC", 0, 30, "F")
@@ -240,11 +271,13 @@ _ACTIVE: _Cohort | None = None
 
 
 def _control_job(job: tuple[_Participant, bool]) -> tuple[dict, clinical.ControlReference]:
+    """Worker task: simulate one control (``job = (participant, write)``)."""
     assert _ACTIVE is not None
     return _ACTIVE.control(job[0], write=job[1])
 
 
 def _patient_job(job: tuple[_Participant, np.ndarray]) -> dict:
+    """Worker task: simulate one patient (``job = (participant, control DVR threshold)``)."""
     assert _ACTIVE is not None
     return _ACTIVE.patient(*job)
 
@@ -309,13 +342,7 @@ def generate_cohort(
     LOGGER.info("generating %d controls and %d patients at voxel size x%g (seed %d) in %s", n_controls, n_patients,
                 voxel_size, seed, out)
     cohort = _Cohort(out, truth, seed, voxel_size)
-    people = [
-        _Participant(label, group, i, age, sex)
-        for group, count in (("HC", n_controls), ("MS", n_patients))
-        for i, (label, (age, sex)) in enumerate(
-            zip(participant_labels(group, count), clinical.demographics(stream(seed, group, "demographics"), group,
-                                                                        count)), start=1)
-    ]
+    people = _participants(seed, n_controls, n_patients)
     controls = [p for p in people if p.group == "HC"]
     with _workers(cohort, n_procs, len(people)) as run:
         done = run(_control_job, [(p, True) for p in controls] or [(_VIRTUAL_CONTROL, False)])

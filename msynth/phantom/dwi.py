@@ -81,6 +81,7 @@ class NativeDWI:
     """
 
     def __init__(self, state: TissueState) -> None:
+        """Precompute b = 0 signals, isotropic diffusivities and the white-matter voxels."""
         self.n = state.index.size
         self.isotropic: dict[float, np.ndarray] = {}
         self.white: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []

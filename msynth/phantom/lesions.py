@@ -87,9 +87,9 @@ def _render(
 def place_lesions(anatomy: Anatomy, rng: np.random.Generator) -> tuple[LesionState, int]:
     """Baseline lesions of one patient.
 
-    Centres are drawn in supratentorial white matter with a probability that decays with the distance to the
-    ventricles (three in four lesions from a kernel decaying over 6 mm from the ventricular wall); diameters are log-uniform in
-    2-15 mm and periventricular lesions point away from the ventricles.
+    Centres are drawn in supratentorial white matter, three in four from a kernel decaying over 6 mm from the
+    ventricular wall and the rest uniformly; diameters are log-uniform in 2-15 mm and periventricular lesions
+    point away from the ventricles.
 
     Returns
     -------

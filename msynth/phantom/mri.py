@@ -69,8 +69,10 @@ def dir_inversion_times(tr: float, t1_a: float, t1_b: float) -> tuple[float, flo
     """The two inversion times (ms before excitation) that null tissues ``t1_a`` (longer) and ``t1_b`` together."""
 
     def residual(times: np.ndarray) -> np.ndarray:
+        """Mz at excitation of both tissues for inversion times ``times``."""
         inv = (float(times[0]), float(times[1]))
-        return np.array([longitudinal_after_inversions(np.float64(t), tr=tr, inversion_times=inv) for t in (t1_a, t1_b)])
+        return np.array([longitudinal_after_inversions(np.float64(t), tr=tr, inversion_times=inv)
+                         for t in (t1_a, t1_b)])
 
     ti1, ti2 = optimize.fsolve(residual, x0=np.array([0.4 * tr, 0.06 * tr]))
     return float(ti1), float(ti2)
@@ -114,6 +116,7 @@ class MRProtocol:
 
 
 def _bind(fn: Callable[..., np.ndarray], **timing: float) -> Signal:
+    """Signal equation of (PD, T1, T2) with the sequence timing fixed."""
     return lambda pd, t1, t2: fn(pd, t1, t2, **timing)
 
 
@@ -126,6 +129,7 @@ SCANNER = {"MagneticFieldStrength": 3, "Manufacturer": "msynth-phantom", "Manufa
 
 
 def _sidecar(tr_ms: float, te_ms: float, **extra: object) -> dict:
+    """BIDS sidecar fields (times converted to seconds)."""
     return {**SCANNER, "RepetitionTime": tr_ms / 1000.0, "EchoTime": te_ms / 1000.0, **extra}
 
 
@@ -197,7 +201,8 @@ def bias_field(grid: Grid, rng: np.random.Generator, strength: float, n_waves: i
         freq = direction / np.linalg.norm(direction) / rng.uniform(150.0, 400.0)
         alpha = 2 * np.pi * (freq @ grid.affine[:3, :3])
         phase = 2 * np.pi * (freq @ grid.affine[:3, 3]) + rng.uniform(0, 2 * np.pi)
-        arg = (alpha[0] * ijk[0])[:, None, None] + (alpha[1] * ijk[1])[None, :, None] + (alpha[2] * ijk[2])[None, None, :]
+        arg = ((alpha[0] * ijk[0])[:, None, None] + (alpha[1] * ijk[1])[None, :, None]
+               + (alpha[2] * ijk[2])[None, None, :])
         log_bias += (strength * np.sqrt(2.0 / n_waves) * rng.standard_normal()) * np.cos(arg + phase).astype(np.float32)
     return np.exp(log_bias)
 

@@ -138,8 +138,8 @@ def true_dvr(state: TissueState, v0: float) -> np.ndarray:
     return state.volume(vt / reference_vt(v0))
 
 
-def coefficient_maps(state: TissueState, basis: TemporalBasis, v0: float, k1_scale: float) -> np.ndarray:
-    """Temporal-component coefficient volumes ``(rank, *native shape)`` of the noise-free dynamic image."""
+def coefficients(state: TissueState, basis: TemporalBasis, v0: float, k1_scale: float) -> np.ndarray:
+    """Temporal-component coefficients of every native voxel (``(rank, len(state.index))``, noise-free curves)."""
     coef = np.zeros((basis.components.shape[0], state.index.size), dtype=np.float32)
     for frac, k1, vt in kinetics(state, v0, k1_scale):
         where = np.flatnonzero(frac > 0)
@@ -150,7 +150,7 @@ def coefficient_maps(state: TissueState, basis: TemporalBasis, v0: float, k1_sca
             coef[:, where] += np.outer(basis.coefficients(k2[:1])[:, 0], frac[where] * k1[where])
         else:
             coef[:, where] += basis.coefficients(k2) * (frac[where] * k1[where])
-    return np.stack([state.volume(c) for c in coef])
+    return coef
 
 
 def decay_factors() -> np.ndarray:
@@ -159,20 +159,21 @@ def decay_factors() -> np.ndarray:
     return 2.0 ** (mid_min / HALF_LIFE_MIN)
 
 
-def add_noise(frames: np.ndarray, rng: np.random.Generator, voxel_volume_ml: float, corr_sigma_vox: float = 0.8) -> np.ndarray:
+def add_noise(
+    frames: np.ndarray, rng: np.random.Generator, voxel_volume_ml: float, corr_sigma_vox: float = 0.8
+) -> np.ndarray:
     """Poisson-like reconstruction noise: variance proportional to decay-corrected activity over frame duration.
 
     Scaled so that a 1.22 mm voxel in a 5-minute frame at 60 min with 5 kBq/mL has a 20 % coefficient of variation;
     larger voxels are proportionally less noisy.  The noise is smoothed (reconstruction correlation) and rescaled
-    to keep its variance; the image is clipped at zero (OSEM).
+    to keep its variance; the image is clipped at zero (OSEM).  ``frames`` is modified in place and returned.
     """
     ref_sigma = 0.20 * 5.0 / np.sqrt(5.0 * 2.0 ** (60.0 / HALF_LIFE_MIN) / 300.0)
     k = ref_sigma * np.sqrt(1.22**3 / 1000.0 / voxel_volume_ml)
     gain = (2.0 * np.sqrt(np.pi) * corr_sigma_vox) ** 1.5
-    out = np.empty_like(frames)
     for f, (dcf, dur) in enumerate(zip(decay_factors(), FRAME_DURATIONS_S)):
         white = rng.standard_normal(frames.shape[:3], dtype=np.float32)
         corr = ndimage.gaussian_filter(white, corr_sigma_vox) * gain
         sigma = k * np.sqrt(np.clip(frames[..., f], 0.0, None) * dcf / dur)
-        out[..., f] = np.clip(frames[..., f] + sigma * corr, 0.0, None)
-    return out
+        frames[..., f] = np.clip(frames[..., f] + sigma * corr, 0.0, None)
+    return frames

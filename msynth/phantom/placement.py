@@ -46,6 +46,7 @@ class Placement:
 
 
 def _rigid_noise(rng: np.random.Generator, rot_deg: float, trans_mm: float, centre: np.ndarray) -> np.ndarray:
+    """Small random rigid motion about ``centre`` (rotation and translation SDs)."""
     return rigid(np.deg2rad(rng.normal(0.0, rot_deg, 3)), rng.normal(0.0, trans_mm, 3), centre)
 
 

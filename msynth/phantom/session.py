@@ -40,6 +40,7 @@ class SessionPaths:
     session: str
 
     def _file(self, root: Path, datatype: str, suffix: str, extension: str) -> Path:
+        """``root/sub-<L>/ses-<S>/<datatype>/<name>``."""
         return (root / f"sub-{self.subject}" / f"ses-{self.session}" / datatype
                 / name(self.subject, self.session, suffix, extension))
 
@@ -68,10 +69,12 @@ class PETSession:
 
 
 def _gain(rng: np.random.Generator, reference: float) -> float:
+    """Scanner gain that puts the reference tissue near 1000, with a log-normal spread."""
     return float(_INTENSITY / reference * np.exp(rng.normal(0.0, _GAIN_SD)))
 
 
 def _sample(state: TissueState, volume: np.ndarray, placement: Placement, key: str, **kw: float) -> np.ndarray:
+    """Native volume as measured on the grid of sequence ``key`` (through its head pose)."""
     return resample(volume, state.anatomy.grid, placement.grids[key], placement.to_anatomy(key), **kw)
 
 
@@ -101,7 +104,8 @@ def write_mtr(paths: SessionPaths, state: TissueState, placement: Placement, rng
     valid = m0 > 0.1 * reference
     mtr = np.where(valid, 100.0 * (m0 - msat) / np.where(valid, m0, 1.0), 0.0).astype(np.float32)
     write_nifti(paths.raw_file("anat", protocol.name), mtr, grid.affine)
-    write_json(paths.raw_file("anat", protocol.name, ".json"), {**protocol.sidecar, "SliceThickness": float(grid.zooms[2])})
+    write_json(paths.raw_file("anat", protocol.name, ".json"),
+               {**protocol.sidecar, "SliceThickness": float(grid.zooms[2])})
 
 
 def write_dwi(
@@ -181,10 +185,12 @@ def write_pet(
     """Dynamic PET: temporal-component maps -> PSF and voxel blur -> frames -> noise; sidecar and plasma truth."""
     grid = placement.grids["PET"]
     basis = pet.temporal_basis(session.plasma)
-    coef = pet.coefficient_maps(state, basis, session.v0, session.k1_scale)
-    sampled = np.stack([_sample(state, c, placement, "PET", extra_fwhm_mm=session.psf_fwhm_mm) for c in coef])
-    frames = np.tensordot(sampled, basis.components, axes=(0, 0)).astype(np.float32)
-    frames = pet.add_noise(frames, rng, float(np.prod(grid.zooms)) / 1000.0) * 1000.0
+    coef = pet.coefficients(state, basis, session.v0, session.k1_scale)
+    sampled = np.stack([_sample(state, state.volume(c), placement, "PET", extra_fwhm_mm=session.psf_fwhm_mm)
+                        for c in coef], axis=-1)
+    frames = (sampled.reshape(-1, coef.shape[0]) @ basis.components.astype(np.float32)).reshape(*grid.shape, -1)
+    frames = pet.add_noise(frames, rng, float(np.prod(grid.zooms)) / 1000.0)
+    frames *= 1000.0  # kBq/mL -> Bq/mL
     write_nifti(paths.raw_file("pet", "trc-PIB_pet"), frames, grid.affine, dtype=np.int16)
     write_json(paths.raw_file("pet", "trc-PIB_pet", ".json"), pet_sidecar(session))
     t_s = np.arange(0.0, 5400.0 + 1.0, 5.0)
@@ -206,9 +212,11 @@ def write_truth(
     fr = state.anatomy.fractions
 
     def t1w(volume: np.ndarray) -> np.ndarray:
+        """Native volume averaged over each T1w voxel."""
         return _sample(state, volume, placement, "T1w")
 
     def mask(volume: np.ndarray) -> np.ndarray:
+        """Native fraction averaged over each T1w voxel, at least one half."""
         return (t1w(volume.astype(np.float32)) >= 0.5).astype(np.uint8)
 
     write_nifti(paths.truth_file("anat", "space-T1w_desc-brain_mask"), mask(state.anatomy.brain), grid.affine)

@@ -26,7 +26,7 @@ about 1.2-1.8 times NAWM and T2 1.3-2.5 times NAWM, as typically reported (e.g. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -137,7 +137,8 @@ def white_matter(
     t1 = wm.t1_ms * (1.0 + sum(_T1_EFFECT[k] * v for k, v in causes.items()))
     t2 = wm.t2_ms * (1.0 + sum(_T2_EFFECT[k] * v for k, v in causes.items()))
     pd = np.minimum(wm.pd * (1.0 + sum(_PD_EFFECT[k] * v for k, v in causes.items())), 0.97)
-    mtr = wm.mtr_pct * (0.55 + 0.45 * myelin) * (1.0 - 0.35 * np.asarray(edema)) * (1.0 - 0.10 * np.asarray(axonal_loss))
+    mtr = (wm.mtr_pct * (0.55 + 0.45 * myelin) * (1.0 - 0.35 * np.asarray(edema))
+           * (1.0 - 0.10 * np.asarray(axonal_loss)))
     return t1, t2, pd, mtr
 
 
@@ -171,6 +172,7 @@ def tissue_state(
     index = np.flatnonzero(sum(fr.values()).reshape(-1) > 1e-3)
 
     def flat(vol: np.ndarray) -> np.ndarray:
+        """Values of a native volume on the state's voxels."""
         return vol.reshape(-1)[index].astype(np.float32)
 
     wm, lesion = flat(fr["WM"]), flat(lesions.fraction)
@@ -191,10 +193,7 @@ def tissue_state(
     for name in ("CSF", "XCSF", "BONE", "MUSCLE", "FAT"):
         p = NOMINAL[name]
         comps.append(Compartment(name, flat(fr[name]), p.t1_ms, p.t2_ms, p.pd, p.mtr_pct))
-    scaled = tuple(
-        Compartment(c.name, c.fraction, c.t1_ms * scales["t1"], c.t2_ms * scales["t2"],
-                    np.minimum(c.pd * scales["pd"], 1.0), c.mtr_pct, c.myelin, c.edema, c.axonal_loss)
-        for c in comps
-    )
+    scaled = tuple(replace(c, t1_ms=c.t1_ms * scales["t1"], t2_ms=c.t2_ms * scales["t2"],
+                           pd=np.minimum(c.pd * scales["pd"], 1.0)) for c in comps)
     orientation = np.stack([flat(o) for o in anatomy.orientation])
     return TissueState(anatomy=anatomy, index=index, compartments=scaled, orientation=orientation)
