@@ -9,7 +9,8 @@ DEMO ?= demo
 
 install: $(STAMP)
 
-# torch is pinned to 2.13.0 when no torch is present: the CPU wheel here, the standard build elsewhere.
+# torch is pinned to 2.13.0 when no torch is present. This machine's package index serves a CPU wheel; elsewhere pip
+# takes PyPI's standard build (with CUDA libraries). Install a CPU-only torch 2.13.0 first to avoid that download.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

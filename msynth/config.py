@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,8 @@ import msynth
 from msynth.utils.bids import DEFAULT_QUERIES, load_filter_file
 from msynth.utils.derivatives import atomic_write_text
 from msynth.utils.errors import UsageError
+
+LOGGER = logging.getLogger("msynth.config")
 
 
 @dataclass
@@ -109,6 +112,15 @@ def check_labels(bids_dir: Path, kind: str, requested: list[str] | None) -> list
     return list(dict.fromkeys(requested))
 
 
+def _omp_nthreads(requested: int | None, nprocs: int) -> int:
+    """Threads per node: the request capped at nprocs (a node asking for more could never be scheduled)."""
+    if requested is None:
+        return min(nprocs, 8)
+    if requested > nprocs:
+        LOGGER.warning("--omp-nthreads %d exceeds --nprocs %d; using %d threads per node", requested, nprocs, nprocs)
+    return min(requested, nprocs)
+
+
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """Check the command line against the file system and the dataset, before any work."""
     bids_dir, output_dir, work_dir = check_paths(args.bids_dir, args.output_dir, args.work_dir)
@@ -123,7 +135,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         participants=participants,
         sessions=sessions,
         nprocs=args.nprocs,
-        omp_nthreads=args.omp_nthreads or min(args.nprocs, 8),
+        omp_nthreads=_omp_nthreads(args.omp_nthreads, args.nprocs),
         device=args.device,
         skip_bids_validation=args.skip_bids_validation,
         verbose=args.verbose,

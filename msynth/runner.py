@@ -8,6 +8,7 @@ finished cleanly: the derivatives hold whole participants or nothing new.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import traceback
@@ -87,10 +88,10 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
     for session in requested:
         data = collect_session(layout, label, session, config.queries)
         LOGGER.info(report_session(data))
-        check_inputs(layout, data)
         if "T1w" not in data.files:
             LOGGER.warning("%s skipped: no T1w image, and every stage needs the T1w reference", data.label)
             continue
+        check_inputs(layout, data)
         sessions.append(data)
     if not sessions:
         raise ValueError("no session with a T1w image — check the dataset or the T1w query of --bids-filter-file")
@@ -114,12 +115,15 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
             "remove_unnecessary_outputs": False,
         }
     )
-    plugin, plugin_args = ("Linear", {}) if config.nprocs == 1 else ("MultiProc", {"n_procs": config.nprocs})
+    plugin, plugin_args = (
+        ("Linear", {}) if config.nprocs == 1
+        else ("MultiProc", {"n_procs": config.nprocs, "raise_insufficient": False})
+    )
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
-    except RuntimeError:
+    except RuntimeError as err:
         files = sorted(crashes.glob("crash-*.txt"))
-        reason = "; ".join(_crash_reason(path) for path in files) or "the workflow did not finish"
+        reason = "; ".join(_crash_reason(path) for path in files) or f"the workflow did not finish ({err})"
         LOGGER.error("sub-%s failed: %s (crash reports in %s)", label, reason, crashes)
         shutil.rmtree(staging, ignore_errors=True)
         return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=files)
@@ -150,7 +154,7 @@ def run_participant_level(config: RunConfig, layout: BIDSLayout) -> int:
     write_dataset_description(config.output_dir, config.bids_dir)
     outcomes = [run_participant(config, layout, label) for label in config.participants]
     staging_root = config.output_dir / STAGING_FOLDER
-    if staging_root.is_dir() and not any(staging_root.iterdir()):
+    with contextlib.suppress(OSError):  # another job sharing OUTPUT_DIR may be staging right now
         staging_root.rmdir()
     succeeded = all(outcome.ok for outcome in outcomes)
     LOGGER.log(logging.INFO if succeeded else logging.ERROR, summarise(outcomes))

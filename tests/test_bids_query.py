@@ -96,3 +96,28 @@ def test_transform_name_and_source_entities():
     ) == "sub-07_ses-2_from-FLAIR_to-T1w_mode-image_xfm.mat"
     with pytest.raises(ValueError, match="unknown entities"):
         derivative_name({"sub": "07", "colour": "red"}, "T1w", ".nii.gz")
+
+
+def test_derivatives_keep_only_the_contract_entities_of_the_source(tmp_path):
+    """A raw run-/rec- entity does not leak into DESIGN.md's names; acq/trc come from the contract."""
+    import nibabel as nb
+    import numpy as np
+
+    from msynth.interfaces.bids import write_derivative
+
+    image = tmp_path / "in.nii.gz"
+    nb.save(nb.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), image)
+    source = tmp_path / "sub-01_ses-1_trc-PIB_rec-ACDYN_run-1_pet.nii.gz"
+    written = write_derivative(image, base_directory=tmp_path / "out", source_file=source, datatype="pet",
+                               suffix="mimap", entities={"trc": "PIB", "space": "T1w", "model": "Logan", "meas": "DVR"},
+                               metadata={})
+    assert written.name == "sub-01_ses-1_trc-PIB_space-T1w_model-Logan_meas-DVR_mimap.nii.gz"
+    assert json.loads(written.with_name(written.name.replace(".nii.gz", ".json")).read_text()) == {}
+
+
+def test_omp_nthreads_is_capped_at_nprocs(tiny_bids, tmp_path):
+    from msynth.cli.parser import build_parser
+    from msynth.config import resolve_config
+
+    argv = [str(tiny_bids), str(tmp_path / "out"), "participant", "--nprocs", "2", "--omp-nthreads", "4"]
+    assert resolve_config(build_parser().parse_args(argv)).omp_nthreads == 2

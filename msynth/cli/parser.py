@@ -75,12 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for intermediate results; reusing it makes a rerun recompute nothing",
     )
     resources.add_argument(
-        "--nprocs", "--n-cpus", dest="nprocs", type=_positive_int, default=os.cpu_count() or 1,
-        help="processes run in parallel (sessions and modalities)",
+        "--nprocs", "--n-cpus", dest="nprocs", type=_positive_int, default=len(os.sched_getaffinity(0)),
+        help="processes run in parallel (sessions and modalities); default: the CPUs this job may use",
     )
     resources.add_argument(
         "--omp-nthreads", type=_positive_int, default=None,
-        help="threads per process for ANTs, torch and other multithreaded steps (default: min(nprocs, 8))",
+        help="threads per process for ANTs, torch and other multithreaded steps, at most nprocs "
+        "(default: min(nprocs, 8))",
     )
     resources.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto",

@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         config = resolve_config(args)
-        validate_input(config)
-        layout = open_layout(config.bids_dir)
+        if config.analysis_level == "participant":
+            validate_input(config)
+            layout = open_layout(config.bids_dir)
     except UsageError as err:
         print(f"msynth: error: {err}", file=sys.stderr)
         return 1

@@ -19,6 +19,8 @@ from nipype.interfaces.base import (
 from msynth.utils.derivatives import atomic_copy, atomic_write_text, derivative_path, source_entities
 
 _NIFTI = (".nii.gz", ".nii")
+#: Source entities every derivative name keeps; the others come from DESIGN.md's contract, set by each sink.
+CONTRACT_ENTITIES = ("sub", "ses")
 
 
 def write_derivative(
@@ -30,17 +32,18 @@ def write_derivative(
     suffix: str,
     entities: dict[str, str],
     metadata: dict[str, object],
-    keep: tuple[str, ...] | None = None,
+    keep: tuple[str, ...] = CONTRACT_ENTITIES,
 ) -> Path:
     """Copy ``in_file`` to its BIDS-Derivatives name under ``base_directory`` and write its sidecar.
 
-    The name keeps the subject, session, acquisition, tracer and run of ``source_file`` (only the
-    entities in ``keep`` when given) and adds ``entities`` (space, desc, label …). NIfTI outputs get
-    spatial units in mm and a sidecar with ``metadata``; other files (transforms) are copied as they are.
+    The name keeps the entities of ``source_file`` listed in ``keep`` (subject and session: DESIGN.md's
+    names do not carry a raw file's run, reconstruction …) and adds ``entities`` (acq, trc, space, desc,
+    label …). NIfTI outputs get spatial units in mm and a sidecar with ``metadata``; other files
+    (transforms) are copied as they are.
     """
     in_file = Path(in_file)
     extension = next((ext for ext in _NIFTI if in_file.name.endswith(ext)), in_file.suffix)
-    inherited = {k: v for k, v in source_entities(source_file).items() if keep is None or k in keep}
+    inherited = {k: v for k, v in source_entities(source_file).items() if k in keep}
     relative = derivative_path({**inherited, **entities}, datatype, suffix, extension)
     target = Path(base_directory) / relative
     if extension in _NIFTI:
@@ -64,7 +67,7 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     datatype = traits.Enum("anat", "dwi", "pet", usedefault=True, desc="BIDS datatype folder")
     suffix = traits.Str(mandatory=True, desc="BIDS suffix, e.g. T1w, mask, probseg, xfm")
     entities = traits.Dict(traits.Str, traits.Str, desc="entities added to the name (space, desc, label …)")
-    keep_entities = traits.List(traits.Str, desc="source entities the name keeps (default: all)")
+    keep_entities = traits.List(traits.Str, desc="source entities the name keeps (default: sub, ses)")
     metadata = traits.Dict(desc="sidecar content known when the workflow is built (Sources, SpatialReference …)")
     run_metadata = InputMultiObject(
         traits.Dict, desc="sidecar content computed at run time (parameters used); merged over metadata, in order"
@@ -94,7 +97,7 @@ class DerivativesDataSink(SimpleInterface):
                 suffix=self.inputs.suffix,
                 entities=self.inputs.entities if isdefined(self.inputs.entities) else {},
                 metadata=metadata,
-                keep=tuple(self.inputs.keep_entities) if isdefined(self.inputs.keep_entities) else None,
+                keep=tuple(self.inputs.keep_entities) if isdefined(self.inputs.keep_entities) else CONTRACT_ENTITIES,
             )
         )
         return runtime

@@ -14,6 +14,8 @@ from msynth.utils.derivatives import bids_uri
 
 #: BIDS suffix of each co-registered modality's preprocessed image (T1SE and DIR keep their ``acq-``).
 SUFFIX = {"T2w": "T2w", "PDw": "PDw", "FLAIR": "FLAIR", "T1SE": "T1w", "DIR": "T2w", "MTR": "MTRmap"}
+#: The ``acq-`` that DESIGN.md's names give T1SE and DIR (BIDS has no suffix of their own).
+ACQUISITION = {"T1SE": "SE", "DIR": "DIR"}
 #: Quantitative maps: a ratio of two acquisitions cancels the receive bias, and N4 would distort their units.
 NO_BIAS_CORRECTION = frozenset({"MTR"})
 
@@ -73,13 +75,14 @@ def init_coregistration_wf(
     sources = [bids_uri(bids_dir, image), bids_uri(bids_dir, t1w)]
     sink = {"base_directory": str(output_dir), "source_file": str(image), "datatype": "anat"}
     ds_xfm = pe.Node(
-        DerivativesDataSink(**sink, suffix="xfm", keep_entities=["sub", "ses"],
+        DerivativesDataSink(**sink, suffix="xfm",
                             entities={"from": key, "to": "T1w", "mode": "image"}),
         name="ds_xfm", run_without_submitting=True,
     )
     ds_preproc = pe.Node(
         DerivativesDataSink(
-            **sink, suffix=SUFFIX[key], entities={"space": "T1w", "desc": "preproc"},
+            **sink, suffix=SUFFIX[key],
+            entities={"acq": ACQUISITION.get(key, ""), "space": "T1w", "desc": "preproc"},
             metadata={"Sources": sources, "SpatialReference": bids_uri(bids_dir, t1w), "SkullStripped": False,
                       "Description": f"{key} aligned to the T1w and resampled onto its grid."},
         ),

@@ -75,14 +75,14 @@ def init_dwi_wf(
 
     sink = {"base_directory": str(output_dir), "source_file": str(dwi), "datatype": "dwi"}
     ds_xfm = pe.Node(
-        DerivativesDataSink(**sink, suffix="xfm", keep_entities=["sub", "ses"],
+        DerivativesDataSink(**sink, suffix="xfm",
                             entities={"from": "DWI", "to": "T1w", "mode": "image"}),
         name="ds_xfm", run_without_submitting=True,
     )
     reference = {"Sources": [bids_uri(bids_dir, dwi), bids_uri(bids_dir, t1w)],
                  "SpatialReference": bids_uri(bids_dir, t1w)}
     ds_maps = pe.MapNode(
-        DerivativesDataSink(**sink, suffix="dwimap", keep_entities=["sub", "ses", "acq", "run"]),
+        DerivativesDataSink(**sink, suffix="dwimap"),
         iterfield=["in_file", "entities", "metadata"], name="ds_maps", run_without_submitting=True,
     )
     ds_maps.inputs.entities = [{"space": "T1w", "model": "DTI", "param": key} for key in DTI_PARAMETERS]

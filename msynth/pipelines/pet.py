@@ -75,7 +75,8 @@ def init_pet_wf(
     outputnode = pe.Node(niu.IdentityInterface(fields=["dvr", "xfm"]), name="outputnode")
 
     pet_mean = pe.Node(PETMean(pet=str(pet), metadata=metadata, label=f"{label}: PET"), name="pet_mean", mem_gb=3)
-    register_pet = pe.Node(RegisterToReference(key="PET", affine=False, omp_nthreads=omp_nthreads), name="register_pet",
+    register_pet = pe.Node(RegisterToReference(key="PET", affine=False, initialization="centre-of-mass",
+                                               omp_nthreads=omp_nthreads), name="register_pet",
                            n_procs=omp_nthreads, mem_gb=2)
     pet_to_template = pe.Node(ComposeTransforms(invert=[True, False]), name="pet_to_template")
     merge_xfms = pe.Node(niu.Merge(2), name="merge_xfms", run_without_submitting=True)
@@ -92,13 +93,13 @@ def init_pet_wf(
 
     sink = {"base_directory": str(output_dir), "source_file": str(pet), "datatype": "pet"}
     ds_xfm = pe.Node(
-        DerivativesDataSink(**sink, suffix="xfm", keep_entities=["sub", "ses"],
+        DerivativesDataSink(**sink, suffix="xfm",
                             entities={"from": "PET", "to": "T1w", "mode": "image"}),
         name="ds_xfm", run_without_submitting=True,
     )
     ds_dvr = pe.Node(
         DerivativesDataSink(
-            **sink, suffix="mimap", entities={"space": "T1w", "model": "Logan", "meas": "DVR"},
+            **sink, suffix="mimap", entities={"trc": "PIB", "space": "T1w", "model": "Logan", "meas": "DVR"},
             metadata={"Sources": [bids_uri(bids_dir, pet), bids_uri(bids_dir, t1w)],
                       "SpatialReference": bids_uri(bids_dir, t1w), "Units": "arbitrary",
                       "Description": "[11C]PIB distribution volume ratio (Logan reference) on the T1w grid."},

@@ -43,7 +43,7 @@ def init_template_registration_wf(
                                 name="register_template", n_procs=omp_nthreads, mem_gb=3)
     ds_xfm = pe.Node(
         DerivativesDataSink(base_directory=str(output_dir), source_file=str(t1w), datatype="anat", suffix="xfm",
-                            keep_entities=["sub", "ses"], entities={"from": TEMPLATE_NAME, "to": "T1w",
+                            entities={"from": TEMPLATE_NAME, "to": "T1w",
                                                                      "mode": "image"}),
         name="ds_xfm", run_without_submitting=True,
     )

@@ -59,12 +59,13 @@ def run_validator(dataset: Path, *, recursive: bool = False) -> list[ValidatorIs
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
         report = json.loads(result.stdout)
-    except json.JSONDecodeError:
+        raw_issues, code_messages = report["issues"]["issues"], report["issues"].get("codeMessages", {})
+    except (json.JSONDecodeError, KeyError, TypeError):
         raise RuntimeError(
             f"bids-validator-deno gave no report for {dataset} (exit code {result.returncode}): "
             f"{result.stderr.strip()[-500:]}"
         ) from None
-    return [_issue(raw, report["issues"].get("codeMessages", {})) for raw in report["issues"]["issues"]]
+    return [_issue(raw, code_messages) for raw in raw_issues]
 
 
 def _issue(raw: dict, code_messages: dict[str, str]) -> ValidatorIssue:
