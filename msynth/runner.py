@@ -20,7 +20,7 @@ from bids import BIDSLayout
 
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
-from msynth.preprocessing.checks import check_dwi, check_image, check_pet_sidecar
+from msynth.preprocessing.checks import check_dwi, check_image, check_pet_timing
 from msynth.utils.bids import SessionData, collect_session, report_session
 from msynth.utils.derivatives import atomic_write_text, publish_staged, write_dataset_description
 
@@ -67,7 +67,7 @@ def run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Partic
         return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=[report])
 
 
-def check_inputs(layout: BIDSLayout, data: SessionData) -> None:
+def check_inputs(data: SessionData) -> None:
     """Check every image of a session before any work; raises InputImageError naming the file and the cause."""
     for key, path in data.files.items():
         check_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
@@ -75,8 +75,7 @@ def check_inputs(layout: BIDSLayout, data: SessionData) -> None:
         check_dwi(data.files["DWI"], *data.gradients, label=f"{data.label}: DWI")
     if "PET" in data.files:
         pet = data.files["PET"]
-        sidecar = layout.get_nearest(str(pet), extension=".json", suffix="pet", strict=False)
-        check_pet_sidecar(sidecar, nb.load(pet).shape[3], label=f"{data.label}: PET")
+        check_pet_timing(data.metadata["PET"], nb.load(pet).shape[3], label=f"{data.label}: PET", source=pet)
 
 
 def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
@@ -91,7 +90,7 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
         if "T1w" not in data.files:
             LOGGER.warning("%s skipped: no T1w image, and every stage needs the T1w reference", data.label)
             continue
-        check_inputs(layout, data)
+        check_inputs(data)
         sessions.append(data)
     if not sessions:
         raise ValueError("no session with a T1w image — check the dataset or the T1w query of --bids-filter-file")

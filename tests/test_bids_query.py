@@ -121,3 +121,25 @@ def test_omp_nthreads_is_capped_at_nprocs(tiny_bids, tmp_path):
 
     argv = [str(tiny_bids), str(tmp_path / "out"), "participant", "--nprocs", "2", "--omp-nthreads", "4"]
     assert resolve_config(build_parser().parse_args(argv)).omp_nthreads == 2
+
+
+def test_pet_frame_timing_is_checked_with_bids_inheritance(tmp_path):
+    """Frame timing in a top-level sidecar counts; without it the participant fails with a clear message."""
+    import nibabel as nb
+    import numpy as np
+
+    from msynth.preprocessing.checks import InputImageError
+    from msynth.runner import check_inputs
+
+    root = write_tiny_bids(tmp_path / "bids", {"01": ["1"]})
+    folder = root / "sub-01" / "ses-1" / "pet"
+    folder.mkdir()
+    pet = folder / "sub-01_ses-1_trc-PIB_pet.nii.gz"
+    nb.save(nb.Nifti1Image(np.ones((4, 4, 4, 3), np.float32), np.eye(4)), pet)
+    (folder / "sub-01_ses-1_trc-PIB_pet.json").write_text(json.dumps({"TracerName": "PIB"}))
+    (root / "trc-PIB_pet.json").write_text(json.dumps({"FrameTimesStart": [0, 60, 120], "FrameDuration": [60] * 3}))
+    check_inputs(collect_session(open_layout(root), "01", "1", load_filter_file(None)))
+
+    (root / "trc-PIB_pet.json").unlink()
+    with pytest.raises(InputImageError, match=r"^sub-01 ses-1: PET sidecar has no FrameTimesStart — .*pet\.nii\.gz\)$"):
+        check_inputs(collect_session(open_layout(root), "01", "1", load_filter_file(None)))

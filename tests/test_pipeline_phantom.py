@@ -75,6 +75,25 @@ def test_tissue_contrasts_of_the_maps(phantom_run):
     assert np.median(dvr[lesion]) < np.median(dvr[wm & ~lesion])
 
 
+def test_maps_follow_the_noise_free_truth(phantom_run):
+    """Voxel-wise agreement with the noise-free maps (seed 3 gave r = 0.95 for DVR, 0.84 for FA at 4 mm).
+
+    At 4 mm the DWI voxels are 8 mm, so FA in white matter is diluted by partial volume (−27 %); the 1 mm
+    benchmark measures the issue's accuracy criteria.
+    """
+    cohort, out = phantom_run
+    brain = _data(cohort.truth_dir, "anat", "space-T1w_desc-brain_mask.nii.gz") > 0
+    wm = (_data(cohort.truth_dir, "anat", "space-T1w_label-WM_probseg.nii.gz") > 0.9)
+    wm &= _data(cohort.truth_dir, "anat", "space-T1w_label-lesion_mask.nii.gz") == 0
+    dvr = _data(out, "pet", "trc-PIB_space-T1w_model-Logan_meas-DVR_mimap.nii.gz")
+    true_dvr = _data(cohort.truth_dir, "pet", "trc-PIB_space-T1w_meas-DVR_mimap.nii.gz")
+    fa = _data(out, "dwi", "space-T1w_model-DTI_param-FA_dwimap.nii.gz")
+    true_fa = _data(cohort.truth_dir, "dwi", "space-T1w_model-DTI_param-FA_dwimap.nii.gz")
+    assert np.corrcoef(dvr[brain], true_dvr[brain])[0, 1] > 0.85
+    assert dvr[wm].mean() == pytest.approx(true_dvr[wm].mean(), rel=0.15)
+    assert np.corrcoef(fa[brain], true_fa[brain])[0, 1] > 0.7
+
+
 def test_phantom_derivatives_validate(phantom_run):
     assert errors_of(run_validator(phantom_run[1])) == []
 

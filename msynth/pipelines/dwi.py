@@ -86,8 +86,12 @@ def init_dwi_wf(
         iterfield=["in_file", "entities", "metadata"], name="ds_maps", run_without_submitting=True,
     )
     ds_maps.inputs.entities = [{"space": "T1w", "model": "DTI", "param": key} for key in DTI_PARAMETERS]
-    ds_maps.inputs.metadata = [{**reference, "Description": f"DTI {key} resampled onto the T1w grid."}
-                               for key in DTI_PARAMETERS]
+    ds_maps.inputs.metadata = [
+        {**reference, "Description": f"DTI {key} resampled onto the T1w grid.",
+         **({} if key == "FA" else {"Units": "mm^2/s"})}
+        for key in DTI_PARAMETERS
+    ]
+    merge_metadata = pe.Node(niu.Merge(2), name="merge_metadata", run_without_submitting=True)
 
     workflow.connect([
         (inputnode, register_b0, [("t1w_preproc", "fixed"), ("brain_mask", "fixed_mask")]),
@@ -96,7 +100,9 @@ def init_dwi_wf(
         (register_b0, resample_maps, [("out_xfm", "xfm")]),
         (register_b0, ds_xfm, [("out_xfm", "in_file")]),
         (resample_maps, ds_maps, [("out_file", "in_file")]),
-        (dti_fit, ds_maps, [("metadata", "run_metadata")]),
+        (dti_fit, merge_metadata, [("metadata", "in1")]),
+        (register_b0, merge_metadata, [("metadata", "in2")]),
+        (merge_metadata, ds_maps, [("out", "run_metadata")]),
         (resample_maps, outputnode, [("out_file", "maps")]),
         (register_b0, outputnode, [("out_xfm", "xfm")]),
     ])  # fmt: skip

@@ -107,6 +107,8 @@ def init_pet_wf(
         name="ds_dvr", run_without_submitting=True,
     )
 
+    merge_metadata = pe.Node(niu.Merge(2), name="merge_metadata", run_without_submitting=True)
+
     workflow.connect([
         (inputnode, register_pet, [("t1w_preproc", "fixed"), ("brain_mask", "fixed_mask")]),
         (pet_mean, register_pet, [("out_file", "moving")]),
@@ -127,7 +129,9 @@ def init_pet_wf(
         (register_pet, dvr_to_t1w, [("out_xfm", "xfm")]),
         (register_pet, ds_xfm, [("out_xfm", "in_file")]),
         (dvr_to_t1w, ds_dvr, [("out_file", "in_file")]),
-        (logan, ds_dvr, [("metadata", "run_metadata")]),
+        (logan, merge_metadata, [("metadata", "in1")]),
+        (register_pet, merge_metadata, [("metadata", "in2")]),
+        (merge_metadata, ds_dvr, [("out", "run_metadata")]),
         (dvr_to_t1w, outputnode, [("out_file", "dvr")]),
         (register_pet, outputnode, [("out_xfm", "xfm")]),
     ])  # fmt: skip

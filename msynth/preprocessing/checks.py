@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -264,30 +264,58 @@ def check_pet_sidecar(
         meta = json.loads(Path(json_path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputImageError(label, json_path, f"sidecar is not valid JSON ({exc})", "fix the JSON file") from exc
+    return check_pet_timing(meta, n_frames, label=label, source=json_path)
+
+
+def check_pet_timing(
+    meta: Mapping[str, object],
+    n_frames: int,
+    *,
+    label: str,
+    source: str | PathLike[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check the frame timing in BIDS-PET metadata (JSON inheritance already applied).
+
+    Parameters
+    ----------
+    meta
+        The PET series' metadata.
+    n_frames
+        Number of frames (4th dimension) of the series.
+    label
+        Message prefix, e.g. ``"sub-03 ses-t1: PET"``.
+    source
+        The file named in error messages (the sidecar, or the series whose metadata this is).
+
+    Returns
+    -------
+    starts, durations : numpy.ndarray, shape (n_frames,)
+        See :func:`check_pet_sidecar`.
+    """
     arrays = {}
     for key in ("FrameTimesStart", "FrameDuration"):
         value = meta.get(key)
         if value is None:
-            raise InputImageError(label, json_path, f"sidecar has no {key}",
+            raise InputImageError(label, source, f"sidecar has no {key}",
                                   "add FrameTimesStart and FrameDuration (seconds, one per frame; BIDS-PET)")
         if isinstance(value, (int, float)):
             value = [value]
         if not (isinstance(value, Sequence) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                     and math.isfinite(v) for v in value)):
-            raise InputImageError(label, json_path, f"sidecar {key} is not a list of finite numbers",
+            raise InputImageError(label, source, f"sidecar {key} is not a list of finite numbers",
                                   "write the frame timing in seconds, one number per frame")
         if len(value) != n_frames:
-            raise InputImageError(label, json_path, f"sidecar {key} has {len(value)} values but the PET series "
+            raise InputImageError(label, source, f"sidecar {key} has {len(value)} values but the PET series "
                                   f"has {n_frames} frames", "use the sidecar written with this series")
         arrays[key] = np.asarray(value, dtype=float)
     starts, durations = arrays["FrameTimesStart"], arrays["FrameDuration"]
     if np.any(durations <= 0):
-        raise InputImageError(label, json_path, "sidecar FrameDuration has values ≤ 0",
+        raise InputImageError(label, source, "sidecar FrameDuration has values ≤ 0",
                               "frame durations must be positive (seconds)")
     if np.any(np.diff(starts) <= 0):
-        raise InputImageError(label, json_path, "sidecar FrameTimesStart is not strictly increasing",
+        raise InputImageError(label, source, "sidecar FrameTimesStart is not strictly increasing",
                               "list the frames in acquisition order")
     if np.any(starts[:-1] + durations[:-1] > starts[1:] + _FRAME_OVERLAP_TOLERANCE_S):
-        raise InputImageError(label, json_path, "sidecar frames overlap (a frame starts before the previous ends)",
+        raise InputImageError(label, source, "sidecar frames overlap (a frame starts before the previous ends)",
                               "check FrameTimesStart and FrameDuration")
     return starts, durations

@@ -199,7 +199,7 @@ def register_to_reference(
             *[arg for stage in stages for arg in ("--transform", f"{stage}[0.1]", "--metric", metric, *levels, *masks)],
             "--random-seed", str(random_seed),
         ]
-        LOGGER.info("antsRegistration (rigid → affine, MI) %s → %s", Path(moving).name, Path(fixed).name)
+        LOGGER.info("antsRegistration (%s, MI) %s → %s", " → ".join(stages).lower(), Path(moving).name, Path(fixed).name)
         ants.registration(args, None)
         shutil.move(f"{prefix}0GenericAffine.mat", out_xfm)
     scales = np.linalg.svd(read_affine(out_xfm)[:3, :3], compute_uv=False)
