@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 import nibabel as nb
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -32,11 +33,8 @@ def n4_shrink_factor(image_path: str) -> int:
 
 
 def limit_threads(omp_nthreads: int) -> None:
-    """Cap the threads of ITK (ANTsPy) and torch in this process to the node's share."""
+    """Cap the threads of ITK (ANTsPy) in this process to the node's share."""
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(omp_nthreads)
-    import torch
-
-    torch.set_num_threads(omp_nthreads)
 
 
 class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
@@ -59,7 +57,9 @@ class BrainExtraction(SimpleInterface):
     output_spec = _BrainExtractionOutputSpec
 
     def _run_interface(self, runtime):
-        limit_threads(self.inputs.omp_nthreads)
+        import torch  # only the network node pays for importing torch
+
+        torch.set_num_threads(self.inputs.omp_nthreads)
         sidecar = {"SkullStripped": self.inputs.skull_stripped} if isdefined(self.inputs.skull_stripped) else None
         result = extract_brain(
             self.inputs.in_file, newpath=runtime.cwd, sidecar_meta=sidecar, device=self.inputs.device,

@@ -68,6 +68,7 @@ class _ApplyInputSpec(BaseInterfaceInputSpec):
     xfm = File(exists=True, mandatory=True, desc="transform mapping reference points to moving points")
     interpolation = traits.Enum("linear", "nearestNeighbor", "genericLabel", "bSpline", usedefault=True,
                                 desc="ANTs interpolator")
+    invert_xfm = traits.Bool(False, usedefault=True, desc="apply the inverse of xfm (e.g. T1w images onto PET)")
 
 
 class _ApplyOutputSpec(TraitedSpec):
@@ -81,9 +82,11 @@ class ApplyTransform(SimpleInterface):
     output_spec = _ApplyOutputSpec
 
     def _run_interface(self, runtime):
+        xfm = (invert(self.inputs.xfm, out_xfm=f"{runtime.cwd}/inverse.mat") if self.inputs.invert_xfm
+               else self.inputs.xfm)
         self._results["out_file"] = str(
             apply_transform(
-                self.inputs.moving, self.inputs.reference, self.inputs.xfm, newpath=runtime.cwd,
+                self.inputs.moving, self.inputs.reference, xfm, newpath=runtime.cwd,
                 interpolation=self.inputs.interpolation,
             )
         )

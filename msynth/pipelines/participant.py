@@ -20,7 +20,6 @@ LOGGER = logging.getLogger("msynth.workflow")
 COREGISTERED_KEYS = tuple(SUFFIX)
 
 
-
 def init_participant_wf(
     *,
     sessions: list[SessionData],

@@ -82,8 +82,8 @@ def init_pet_wf(
     merge_xfms = pe.Node(niu.Merge(2), name="merge_xfms", run_without_submitting=True)
     cerebellar_gm_in_pet = pe.Node(ApplyTransform(), name="cerebellar_gm_in_pet", mem_gb=1)
     reference_region = pe.Node(ReferenceRegion(), name="reference_region")
-    brain_mask_in_pet = pe.Node(ApplyTransform(interpolation="nearestNeighbor"), name="brain_mask_in_pet")
-    t1w_to_pet = pe.Node(ComposeTransforms(invert=[True]), name="t1w_to_pet")
+    brain_mask_in_pet = pe.Node(ApplyTransform(interpolation="nearestNeighbor", invert_xfm=True),
+                                name="brain_mask_in_pet")
     logan = pe.Node(
         LoganDVR(pet=str(pet), metadata=metadata, t_star_min=t_star_min, k2_ref_per_min=k2_ref_per_min,
                  label=f"{label}: PET"),
@@ -119,10 +119,9 @@ def init_pet_wf(
         (pet_mean, cerebellar_gm_in_pet, [("out_file", "reference")]),
         (pet_to_template, cerebellar_gm_in_pet, [("out_xfm", "xfm")]),
         (cerebellar_gm_in_pet, reference_region, [("out_file", "probability")]),
-        (register_pet, t1w_to_pet, [(("out_xfm", _listify), "xfms")]),
         (inputnode, brain_mask_in_pet, [("brain_mask", "moving")]),
         (pet_mean, brain_mask_in_pet, [("out_file", "reference")]),
-        (t1w_to_pet, brain_mask_in_pet, [("out_xfm", "xfm")]),
+        (register_pet, brain_mask_in_pet, [("out_xfm", "xfm")]),
         (reference_region, logan, [("out_mask", "reference_mask")]),
         (brain_mask_in_pet, logan, [("out_file", "brain_mask")]),
         (logan, dvr_to_t1w, [("out_file", "moving")]),
@@ -137,7 +136,3 @@ def init_pet_wf(
     ])  # fmt: skip
     return workflow
 
-
-def _listify(value):
-    """Wrap one transform in a list (a connection function: keep it self-contained)."""
-    return [value]
