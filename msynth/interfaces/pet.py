@@ -76,6 +76,8 @@ class _LoganInputSpec(BaseInterfaceInputSpec):
     t_star_min = traits.Float(T_STAR_MIN, usedefault=True, desc="start of the linear phase (min)")
     k2_ref_per_min = traits.Either(None, traits.Float, default=K2_REF_PER_MIN, usedefault=True,
                                    desc="reference efflux k2' (1/min); None for the form without it")
+    estimator = traits.Enum("multilinear", "graphical", usedefault=True,
+                            desc="multilinear (Ichise 2003, default) or graphical (Logan plot) fit")
     label = traits.Str("PET", usedefault=True, desc="prefix of error messages")
 
 
@@ -97,11 +99,13 @@ class LoganDVR(SimpleInterface):
             logan_dvr_image(
                 self.inputs.pet, sidecar, self.inputs.reference_mask, newpath=runtime.cwd, brain_mask=brain,
                 t_star_min=self.inputs.t_star_min, k2_ref_per_min=self.inputs.k2_ref_per_min,
-                label=self.inputs.label,
+                estimator=self.inputs.estimator, label=self.inputs.label,
             )
         )
         self._results["metadata"] = {
-            "ModelName": "Logan reference-tissue graphical analysis",
+            "ModelName": "Logan reference-tissue model",
+            "Estimator": {"multilinear": "multilinear least squares (Ichise et al. 2003, MRTM2 form)",
+                          "graphical": "graphical analysis (Logan et al. 1996)"}[self.inputs.estimator],
             "TStarMin": self.inputs.t_star_min,
             "K2PrimeReferencePerMin": self.inputs.k2_ref_per_min,
             "ReferenceRegion": "cerebellar grey matter (MNI152 2009a template registered to the T1w)",

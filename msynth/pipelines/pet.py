@@ -10,8 +10,14 @@ from nipype.pipeline import engine as pe
 from msynth.interfaces.bids import DerivativesDataSink
 from msynth.interfaces.pet import LoganDVR, PETMean, ReferenceRegion
 from msynth.interfaces.registration import ApplyTransform, ComposeTransforms, RegisterToReference
-from msynth.preprocessing.pet import K2_REF_PER_MIN, T_STAR_MIN
+from msynth.preprocessing.pet import K2_REF_PER_MIN, T_STAR_MIN, Estimator
 from msynth.utils.derivatives import bids_uri
+
+#: How each estimator is named in the methods text.
+_ESTIMATOR_TEXT = {
+    "multilinear": "fitted in its multilinear form, Ichise et al. 2003, which avoids the noise bias of the plot",
+    "graphical": "graphical fit, Logan et al. 1996",
+}
 
 
 def init_pet_wf(
@@ -25,6 +31,7 @@ def init_pet_wf(
     label: str,
     t_star_min: float = T_STAR_MIN,
     k2_ref_per_min: float | None = K2_REF_PER_MIN,
+    estimator: Estimator = "multilinear",
     name: str = "pet_wf",
 ) -> pe.Workflow:
     """Compute the voxel-wise Logan DVR of a dynamic PIB series and bring it into space-T1w.
@@ -46,7 +53,7 @@ def init_pet_wf(
         Threads for ANTs.
     label
         ``sub-<L> ses-<S>`` prefix for error messages.
-    t_star_min, k2_ref_per_min
+    t_star_min, k2_ref_per_min, estimator
         Logan parameters (see :mod:`msynth.preprocessing.pet`).
 
     Inputs
@@ -65,8 +72,9 @@ def init_pet_wf(
     """
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = (
-        f"Voxel-wise [11C]PIB distribution volume ratios were computed with the Logan reference-tissue method "
-        f"(t* = {t_star_min:g} min, k2' = {k2_ref_per_min} 1/min) with a cerebellar grey-matter reference region, "
+        f"Voxel-wise [11C]PIB distribution volume ratios were computed with the Logan reference-tissue model "
+        f"(t* = {t_star_min:g} min, k2' = {k2_ref_per_min} 1/min; {_ESTIMATOR_TEXT[estimator]}) with a cerebellar "
+        "grey-matter reference region, "
         "on the native PET grid, and resampled onto the T1w grid through the registration of the frame-weighted "
         "mean PET image to the T1w (ANTs, rigid, mutual information)."
     )
@@ -86,7 +94,7 @@ def init_pet_wf(
                                 name="brain_mask_in_pet")
     logan = pe.Node(
         LoganDVR(pet=str(pet), metadata=metadata, t_star_min=t_star_min, k2_ref_per_min=k2_ref_per_min,
-                 label=f"{label}: PET"),
+                 estimator=estimator, label=f"{label}: PET"),
         name="logan", mem_gb=4,
     )
     dvr_to_t1w = pe.Node(ApplyTransform(reference=str(t1w)), name="dvr_to_t1w", mem_gb=1)
