@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import msynth
+from msynth.models.selection import resolve_model
 from msynth.utils.bids import DEFAULT_QUERIES, load_filter_file
 from msynth.utils.derivatives import atomic_write_text
 from msynth.utils.errors import UsageError
@@ -35,6 +36,9 @@ class RunConfig:
     skip_bids_validation: bool
     verbose: int
     bids_filter_file: Path | None = None
+    lesion_masks: Path | None = None
+    models: list[Path] = field(default_factory=list)
+    saliency: bool = False
     queries: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_QUERIES))
     run_id: str = ""
     version: str = msynth.__version__
@@ -85,6 +89,28 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path) -> tuple[Path,
             "msynth never writes into its input — pass -w with a folder outside it"
         )
     return bids_dir, output_dir, work_dir
+
+
+def check_lesion_masks(lesion_masks: Path | None) -> Path | None:
+    """The ``--lesion-masks`` folder, absolute, after checking it is a derivatives dataset with lesion masks."""
+    if lesion_masks is None:
+        return None
+    lesion_masks = lesion_masks.expanduser().resolve()
+    if not lesion_masks.is_dir():
+        raise UsageError(f"--lesion-masks {lesion_masks} does not exist — pass the root folder of a BIDS-Derivatives "
+                         "dataset of *_label-lesion_mask.nii.gz files")
+    if not any(lesion_masks.glob("sub-*/**/*_label-lesion_mask.nii*")):
+        raise UsageError(f"--lesion-masks {lesion_masks} holds no sub-*/[ses-*/]anat/*_label-lesion_mask.nii.gz file "
+                         "— check the folder and the file names")
+    return lesion_masks
+
+
+def check_models(models: list[str] | None) -> list[Path]:
+    """The ``--model`` values as model folders (none given: the shipped models are chosen from per session)."""
+    try:
+        return [resolve_model(model) for model in models or []]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def dataset_labels(bids_dir: Path, kind: str) -> list[str]:
@@ -140,6 +166,9 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         skip_bids_validation=args.skip_bids_validation,
         verbose=args.verbose,
         bids_filter_file=args.bids_filter_file.resolve() if args.bids_filter_file else None,
+        lesion_masks=check_lesion_masks(args.lesion_masks),
+        models=check_models(args.models),
+        saliency=args.saliency,
         queries=queries,
         run_id=new_run_id(),
     )

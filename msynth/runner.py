@@ -21,8 +21,10 @@ from bids import BIDSLayout
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
 from msynth.preprocessing.checks import check_dwi, check_image, check_pet_timing
+from msynth.segmentation.lesions import check_lesion_mask
 from msynth.utils.bids import SessionData, collect_session, report_session
 from msynth.utils.derivatives import atomic_write_text, publish_staged, write_dataset_description
+from msynth.utils.lesion_masks import find_lesion_mask
 
 LOGGER = logging.getLogger("msynth.runner")
 
@@ -76,6 +78,8 @@ def check_inputs(data: SessionData) -> None:
     if "PET" in data.files:
         pet = data.files["PET"]
         check_pet_timing(data.metadata["PET"], nb.load(pet).shape[3], label=f"{data.label}: PET", source=pet)
+    if data.lesion_mask is not None:
+        check_lesion_mask(data.lesion_mask.mask, data.lesion_mask.image)
 
 
 def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
@@ -86,6 +90,8 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
     sessions = []
     for session in requested:
         data = collect_session(layout, label, session, config.queries)
+        if config.lesion_masks is not None:
+            data.lesion_mask = find_lesion_mask(config.lesion_masks, data)
         LOGGER.info(report_session(data))
         if "T1w" not in data.files:
             LOGGER.warning("%s skipped: no T1w image, and every stage needs the T1w reference", data.label)
@@ -102,6 +108,8 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
         output_dir=staging,
         omp_nthreads=config.omp_nthreads,
         device=config.device,
+        models=config.models,
+        saliency=config.saliency,
         name=f"sub_{label}_wf",
     )
     workflow.base_dir = str(config.work_dir / "msynth_wf")

@@ -59,3 +59,35 @@ def write_tiny_bids(root: Path, subjects: dict[str, list[str]], voxel_size: int 
 def tiny_bids(tmp_path: Path) -> Path:
     """Two participants with two sessions each, 4 mm."""
     return write_tiny_bids(tmp_path / "bids", {"01": ["1", "2"], "02": ["1", "2"]})
+
+
+@pytest.fixture(scope="session")
+def phantom_participants(tmp_path_factory):
+    """Two 4 mm phantom patients (seed 3) and their participant-level outputs for session 01.
+
+    Returns ``(cohort, output_dir, work_dir)``; shared by the pipeline, masks and training tests (about 4 minutes on
+    2 cores). A later run with other options and the same work folder recomputes only what those options change.
+    """
+    from msynth.cli import run as cli
+    from msynth.phantom.cohort import generate_cohort
+
+    root = tmp_path_factory.mktemp("phantom")
+    cohort = generate_cohort(root / "bids", n_controls=0, n_patients=2, voxel_size=4.0, seed=3)
+    out, work = root / "out", root / "work"
+    argv = [str(cohort.bids_dir), str(out), "participant", "-w", str(work), "--session-label", "01", "--nprocs", "2"]
+    assert cli.main(argv) == 0, f"the participant level failed on the 4 mm phantom; see {out}/sub-*/log"
+    return cohort, out, work
+
+
+@pytest.fixture(scope="session")
+def tiny_flair_model(phantom_participants, tmp_path_factory):
+    """A tiny 5-input FLAIR FCN trained by ``msynth-train`` on the phantom derivatives (2 folds, 4 epochs)."""
+    from msynth.cli import train as train_cli
+
+    model_dir = tmp_path_factory.mktemp("model") / "tiny-flair"
+    argv = ["flair", "--derivatives", str(phantom_participants[1]), "--out", str(model_dir), "--folds", "2",
+            "--epochs", "4", "--patch-size", "16", "--features", "8", "--lr", "5e-3", "--device", "cpu",
+            "--nprocs", "2", "--data-source", "msynth phantom, seed 3", "--data-license", "CC0",
+            "--subject-salt", "s3cret"]
+    assert train_cli.main(argv) == 0
+    return model_dir

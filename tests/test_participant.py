@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 import pytest
-from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+from nilearn.datasets import load_mni152_brain_mask
 
 from msynth.cli import run as cli
 from msynth.utils.validation import errors_of, run_validator

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import ndimage as ndi
 
 from msynth.cli import run as cli
-from msynth.phantom.cohort import generate_cohort
-from msynth.preprocessing.registration import mean_displacement_mm, read_affine
+from msynth.preprocessing.registration import apply_transform, mean_displacement_mm, read_affine
 from msynth.utils.validation import errors_of, run_validator
 
 SUB, SES = "MS01", "01"
 STEM = f"sub-{SUB}_ses-{SES}"
+#: The inputs of the FLAIR model of paper 001.
+REGISTERED_MR_INPUTS = ("T1w", "T2w", "PDw", "T1SE", "DIR")
+#: Lesion Dice of the automatic route at 4 mm (issue 5 asks 0.6; measured at finer grids in benchmarks/lesions.py).
+AUTOMATIC_LESION_DICE = 0.5
 #: modality key → (datatype, raw file suffix) of the images registered to the T1w.
 REGISTERED = {
     "T2w": ("anat", "T2w"), "PDw": ("anat", "PDw"), "FLAIR": ("anat", "FLAIR"), "T1SE": ("anat", "acq-SE_T1w"),
@@ -23,13 +29,8 @@ REGISTERED = {
 
 
 @pytest.fixture(scope="module")
-def phantom_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    cohort = generate_cohort(root / "bids", n_controls=0, n_patients=1, voxel_size=4.0, seed=3)
-    out = root / "out"
-    argv = [str(cohort.bids_dir), str(out), "participant", "-w", str(root / "work"), "--session-label", SES,
-            "--nprocs", "2"]
-    assert cli.main(argv) == 0
+def phantom_run(phantom_participants):
+    cohort, out, _ = phantom_participants
     return cohort, out
 
 
@@ -41,11 +42,15 @@ def _data(root: Path, datatype: str, name: str) -> np.ndarray:
     return nb.load(_path(root, datatype, name)).get_fdata()
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
 def test_brain_mask_dice(phantom_run):
     cohort, out = phantom_run
     estimate = _data(out, "anat", "space-T1w_desc-brain_mask.nii.gz") > 0
     truth = _data(cohort.truth_dir, "anat", "space-T1w_desc-brain_mask.nii.gz") > 0
-    assert 2 * (estimate & truth).sum() / (estimate.sum() + truth.sum()) >= 0.95
+    assert _dice(estimate, truth) >= 0.95
 
 
 @pytest.mark.parametrize("key", list(REGISTERED))
@@ -132,3 +137,99 @@ def test_target_grid_at_model_voxel_size(phantom_run, tmp_path):
     assert np.allclose(coarse.header.get_zooms()[:3], 8.0)
     volume = lambda img: (img.get_fdata() > 0).sum() * np.prod(img.header.get_zooms()[:3])  # noqa: E731
     assert volume(coarse) == pytest.approx(volume(fine), rel=0.1)
+
+
+def test_white_matter_probability_dice(phantom_run):
+    """At 4 mm (measured 0.78); tests/test_segmentation.py asserts the issue's 0.85 at 2 mm."""
+    cohort, out = phantom_run
+    estimate = _data(out, "anat", "space-T1w_label-WM_probseg.nii.gz") >= 0.5
+    truth = _data(cohort.truth_dir, "anat", "space-T1w_label-WM_probseg.nii.gz") >= 0.5
+    assert _dice(estimate, truth) >= 0.72
+
+
+def test_automatic_route_is_recorded(phantom_run):
+    """No mask given and a FLAIR acquired: the automatic route runs and says so; its table matches its mask.
+
+    At 4 mm (FLAIR slices 12 mm) lesions are barely visible and the automatic mask may be empty; its accuracy is
+    measured at 2 mm in tests/test_segmentation.py and at 1 mm in benchmarks/lesions.py.
+    """
+    _, out = phantom_run
+    estimate = _data(out, "anat", "space-T1w_label-lesion_mask.nii.gz") > 0
+    assert json.loads(_path(out, "anat", "space-T1w_label-lesion_mask.json").read_text())["LesionMaskSource"] == (
+        "automatic")
+    table = pd.read_csv(_path(out, "anat", "space-T1w_label-lesion_stats.tsv"), sep="\t")
+    voxel_mm3 = np.prod(nb.load(_path(out, "anat", "space-T1w_label-lesion_mask.nii.gz")).header.get_zooms()[:3])
+    assert table["volume_mm3"].sum() == pytest.approx(estimate.sum() * voxel_mm3)
+    assert json.loads(_path(out, "anat", "space-T1w_label-lesion_stats.json").read_text())["LesionCount"] == len(table)
+
+
+@pytest.fixture(scope="module")
+def given_run(phantom_participants, tiny_flair_model):
+    """The same session with the phantom's expert-like FLAIR masks given, a FLAIR model, and saliency maps: the
+    preprocessing comes from the work folder, the masks and the synthesis are added."""
+    cohort, _, work = phantom_participants
+    out = work.parent / "out-given"
+    argv = [str(cohort.bids_dir), str(out), "participant", "-w", str(work), "--session-label", SES, "--nprocs", "2",
+            "--participant-label", SUB, "--lesion-masks", str(cohort.lesion_dir), "--model", str(tiny_flair_model),
+            "--saliency"]
+    assert cli.main(argv) == 0
+    return cohort, out
+
+
+def test_given_lesion_mask_reaches_t1w_space(given_run, tmp_path):
+    """The FLAIR mask brought in through the estimated transform matches it brought in through the true one.
+
+    At 4 mm a half-voxel registration error moves lesions of a few voxels (measured Dice 0.67); the issue's 0.9 is
+    measured at 1 mm by benchmarks/masks.py.
+    """
+    cohort, out = given_run
+    expert = cohort.lesion_dir / f"sub-{SUB}" / f"ses-{SES}" / "anat" / f"{STEM}_space-FLAIR_label-lesion_mask.nii.gz"
+    true_xfm = _path(cohort.truth_dir, "anat", "from-FLAIR_to-T1w_mode-image_xfm.mat")
+    reference = _path(cohort.bids_dir, "anat", "T1w.nii.gz")
+    truth = nb.load(apply_transform(expert, reference, true_xfm, newpath=tmp_path)).get_fdata() >= 0.5
+    estimate = _data(out, "anat", "space-T1w_label-lesion_mask.nii.gz") > 0
+    assert truth.any() and _dice(estimate, truth) >= 0.6
+    sidecar = json.loads(_path(out, "anat", "space-T1w_label-lesion_mask.json").read_text())
+    assert sidecar["LesionMaskSource"] == "given" and sidecar["LesionCount"] >= 1
+
+
+def test_regions_respect_the_lesions(given_run):
+    """NAWM never overlaps lesions; surrounding NAWM lies in the NAWM within 5 voxels of a lesion."""
+    _, out = given_run
+    lesion = _data(out, "anat", "space-T1w_label-lesion_mask.nii.gz") > 0
+    nawm = _data(out, "anat", "space-T1w_label-NAWM_mask.nii.gz") > 0
+    surrounding = _data(out, "anat", "space-T1w_label-surroundingNAWM_mask.nii.gz") > 0
+    assert lesion.any() and nawm.any() and surrounding.any()
+    assert not (nawm & lesion).any() and not (surrounding & ~nawm).any()
+    assert not (surrounding & ~ndi.binary_dilation(lesion, iterations=5)).any()
+    distance = _data(out, "anat", "space-T1w_desc-CSFdistance_map.nii.gz")
+    csf = _data(out, "anat", "space-T1w_label-CSF_probseg.nii.gz") >= 0.5
+    assert not distance[csf].any() and np.median(distance[nawm]) >= 4.0  # white matter lies a voxel or more from CSF
+
+
+def test_synthetic_flair_follows_the_acquired_one(given_run):
+    """A tiny FCN (8 filters, 4 epochs) already correlates with the acquired FLAIR (measured r = 0.79)."""
+    _, out = given_run
+    brain = _data(out, "anat", "space-T1w_desc-brain_mask.nii.gz") > 0
+    synthetic = _data(out, "anat", "space-T1w_desc-synth_FLAIR.nii.gz")
+    acquired = _data(out, "anat", "space-T1w_desc-preproc_FLAIR.nii.gz")
+    assert synthetic.min() >= 0 and not synthetic[~brain].any()
+    assert np.corrcoef(synthetic[brain], acquired[brain])[0, 1] > 0.6
+    sidecar = json.loads(_path(out, "anat", "space-T1w_desc-synth_FLAIR.json").read_text())
+    assert sidecar["Model"]["Inputs"] == list(REGISTERED_MR_INPUTS)
+
+
+def test_synthesis_metrics_and_saliency(given_run):
+    _, out = given_run
+    metrics = pd.read_csv(_path(out, "anat", "space-T1w_desc-synthFLAIR_metrics.tsv"), sep="\t").iloc[0]
+    assert 0 < metrics["ssim"] <= 1 and 0 < metrics["mse"] < 1  # z-scored images: below the variance of either
+    assert metrics["ratio1_acquired"] > 1 and metrics["ratio2_acquired"] > 1  # lesions are FLAIR-bright
+    assert np.isfinite(metrics["ratio1_synthetic"])
+    assert np.isnan(metrics["lesion_dice"]) or 0 <= metrics["lesion_dice"] <= 1  # n/a: no automatic lesion at 4 mm
+    for key in REGISTERED_MR_INPUTS:
+        saliency = _data(out, "anat", f"space-T1w_desc-P3S{key}_saliency.nii.gz")
+        assert saliency.min() >= 0 and saliency.max() > 0
+
+
+def test_given_run_derivatives_validate(given_run):
+    assert errors_of(run_validator(given_run[1])) == []

@@ -64,9 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
         'null means the entity must be absent, "*" any value',
     )
     selection.add_argument(
+        "--lesion-masks", type=Path, metavar="DERIV_DIR",
+        help="BIDS-Derivatives dataset of lesion masks (sub-<L>/[ses-<S>/]anat/*_label-lesion_mask.nii.gz) drawn on "
+        "any of a session's images (named by SpatialReference in the sidecar, a space-<key> entity, or the grid); "
+        "sessions without one get the automatic lesion mask when they have a FLAIR",
+    )
+    selection.add_argument(
         "--skip-bids-validation", "--skip_bids_validation",
         dest="skip_bids_validation", action="store_true",
         help="do not run the BIDS validator (bids-validator-deno) on the input",
+    )
+
+    models = parser.add_argument_group("Synthesis")
+    models.add_argument(
+        "--model", dest="models", action="append", metavar="NAME_OR_DIR",
+        help="synthesis model to use: a shipped model's name or a folder written by msynth-train (repeatable); "
+        "default: among the shipped models, per session the one whose inputs are all present, most inputs first",
+    )
+    models.add_argument(
+        "--saliency", action="store_true",
+        help="also write the P3S saliency map of each input of the synthesis model (paper 001, §2.2)",
     )
 
     resources = parser.add_argument_group("Resources")

@@ -1,17 +1,163 @@
-"""``msynth-train``: train and cross-validate synthesis models from participant-level outputs."""
+"""``msynth-train``: train and cross-validate synthesis models from participant-level outputs.
+
+``msynth-train flair --derivatives OUTPUT_DIR --out MODEL_DIR`` trains the FLAIR-synthesis FCN of paper 001 on the
+sessions of a msynth output folder that have every input, a FLAIR and a brain mask, cross-validates it over subjects,
+and writes ``MODEL_DIR/model_card.json`` and ``MODEL_DIR/model.pt``, usable with ``msynth --model MODEL_DIR``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import shlex
 import sys
+from pathlib import Path
+
+from msynth.utils.errors import UsageError
+
+PROG = "msynth-train"
+LOGGER = logging.getLogger("msynth")
+#: paper 001: the five inputs of its FLAIR model
+FLAIR_INPUTS = ("T1w", "T2w", "PDw", "T1SE", "DIR")
+_INPUT_KEYS = ("T1w", "T2w", "PDw", "T1SE", "DIR", "MTR")
+_DEFAULT_LR = {"sgd": 5e-4, "adam": 1e-4}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``msynth-train``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Train and cross-validate msynth synthesis models from participant-level outputs.")
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    flair = tasks.add_parser(
+        "flair", help="FLAIR synthesis (paper 001: 3-D FCN, MSE, SGD 5e-4, early stopping UP3 with 5-epoch strips)",
+        description="Train the FLAIR-synthesis network on every session of DERIVATIVES that has the inputs, a FLAIR "
+        "and a brain mask; k-fold cross-validation over subjects, then a final model on all subjects.")
+    data = flair.add_argument_group("data")
+    data.add_argument("--derivatives", type=Path, required=True, metavar="OUTPUT_DIR",
+                      help="msynth participant-level output folder (BIDS-Derivatives)")
+    data.add_argument("--inputs", nargs="+", choices=_INPUT_KEYS, default=list(FLAIR_INPUTS), metavar="KEY",
+                      help=f"input modality keys, of {' '.join(_INPUT_KEYS)} (default: {' '.join(FLAIR_INPUTS)})")
+    data.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+                      help="train on these subjects only (default: all)")
+    data.add_argument("--voxel-size", type=float, default=None, metavar="MM",
+                      help="isotropic voxel size to train at (default: the space-T1w grid)")
+    data.add_argument("--data-source", default="", metavar="TEXT", help="where the training data came from (card)")
+    data.add_argument("--data-license", default="", metavar="TEXT", help="licence of the training data (card)")
+    data.add_argument("--data-citation", default="", metavar="TEXT", help="how to cite the training data (card)")
+    data.add_argument("--subject-salt", default=os.environ.get("MSYNTH_SUBJECT_SALT"), metavar="SECRET",
+                      help="secret salt of the subject hashes in the card (default: $MSYNTH_SUBJECT_SALT, else a "
+                      "random one that is not stored)")
+    out = flair.add_argument_group("output")
+    out.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model folder to write")
+    out.add_argument("-w", "--work-dir", type=Path, default=None, metavar="WORK_DIR",
+                     help="caches, fold checkpoints and metrics (default: MODEL_DIR_work); rerun to resume")
+    out.add_argument("--name", default=None, help="model name (default: flair-synthesis_<inputs>)")
+    net = flair.add_argument_group("network")
+    net.add_argument("--architecture", choices=("fcn", "unet"), default="fcn", help="network (default: fcn)")
+    net.add_argument("--features", type=int, default=None, metavar="N",
+                     help="filters per layer (fcn, default 64) or at the first level (unet, default 16)")
+    net.add_argument("--depth", type=int, default=None, metavar="N",
+                     help="convolution layers (fcn, default 3) or resolution levels (unet, default 3)")
+    opt = flair.add_argument_group("training")
+    opt.add_argument("--folds", type=int, default=5, metavar="K",
+                     help="cross-validation folds over subjects (default: 5; 0: no cross-validation)")
+    opt.add_argument("--epochs", type=int, default=200, metavar="N", help="maximum epochs (default: 200)")
+    opt.add_argument("--patch-size", type=int, default=64, metavar="N",
+                     help="edge of the cubic training patches in voxels (default: 64)")
+    opt.add_argument("--patches-per-session", type=int, default=8, metavar="N",
+                     help="patches per session and epoch (default: 8)")
+    opt.add_argument("--intensity-normalisation", choices=("image", "cohort"), default="image",
+                     help="z-score each image by its own brain statistics (default), or all by the training "
+                     "cohort's (paper 001)")
+    opt.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="optimiser (default: sgd)")
+    opt.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-4 sgd, 1e-4 adam)")
+    opt.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    opt.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="torch device (default: auto — CUDA when available)")
+    opt.add_argument("--nprocs", type=int, default=1, metavar="N", help="folds trained in parallel (default: 1)")
+    opt.add_argument("--plugin", default="cf", help="pydra plugin for the folds: cf (local), slurm, … (default: cf)")
+    flair.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v debug)")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Raise :class:`UsageError` for arguments argparse cannot check."""
+    if not args.derivatives.is_dir():
+        raise UsageError(f"{args.derivatives}: no such folder — pass the OUTPUT_DIR of `msynth BIDS_DIR OUTPUT_DIR "
+                         "participant`")
+    if len(set(args.inputs)) != len(args.inputs):
+        raise UsageError(f"--inputs lists a key twice: {' '.join(args.inputs)}")
+    for name in ("epochs", "patch_size", "patches_per_session", "nprocs"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.folds < 0 or args.folds == 1:
+        raise UsageError(f"--folds must be 0 (no cross-validation) or at least 2, got {args.folds}")
+    if args.voxel_size is not None and args.voxel_size <= 0:
+        raise UsageError(f"--voxel-size must be positive, got {args.voxel_size}")
+    if args.lr is not None and args.lr <= 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+    if args.out.exists() and any(args.out.iterdir()) and not (args.out / "model_card.json").is_file():
+        raise UsageError(f"{args.out}: exists and is not a msynth model folder — choose another --out")
+
+
+def _network_arguments(args: argparse.Namespace) -> dict[str, int]:
+    arguments = {}
+    if args.features is not None:
+        arguments["features"] = args.features
+    if args.depth is not None:
+        arguments["depth" if args.architecture == "fcn" else "levels"] = args.depth
+    if args.architecture == "fcn":
+        arguments = {"features": 64, "depth": 3, **arguments}
+    return arguments
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Report that training is not available yet (exit code 2)."""
-    print(
-        "msynth-train: not implemented yet — model training lands with the FLAIR synthesis issue.",
-        file=sys.stderr,
-    )
-    return 2
+    """Run ``msynth-train``; return the exit code (0 done, 1 bad input, 2 bad command line)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.captureWarnings(True)
+    try:
+        _check(args)
+        from msynth.models.data import find_examples  # heavy imports after the command line is checked
+        from msynth.models.inference import select_device
+        from msynth.models.training import TrainingConfig, cross_validate
+
+        inputs = sorted(args.inputs, key=_INPUT_KEYS.index)
+        examples = find_examples(args.derivatives, inputs, "FLAIR", subjects=args.participant_label)
+        if not examples:
+            raise UsageError(f"{args.derivatives}: no session has {' '.join(inputs)}, a FLAIR and a brain mask "
+                             "(run with -v to see why each was skipped)")
+        config = TrainingConfig(
+            architecture=args.architecture, arguments=_network_arguments(args), optimizer=args.optimizer,
+            lr=args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer], max_epochs=args.epochs,
+            patch_size=args.patch_size, patches_per_session=args.patches_per_session, seed=args.seed,
+            intensity_normalisation=args.intensity_normalisation)
+        from msynth.models.card import channels_of
+        from msynth.models.networks import build_network
+
+        build_network(config.architecture, {**config.arguments, "in_channels": len(channels_of(inputs))})
+        device = str(select_device(args.device))
+        card = cross_validate(
+            examples, inputs=inputs, output="FLAIR", config=config, model_dir=args.out, work_dir=args.work_dir,
+            folds=args.folds, voxel_size=args.voxel_size, device=device, n_procs=args.nprocs, plugin=args.plugin,
+            name=args.name, data_source=args.data_source, data_license=args.data_license,
+            data_citation=args.data_citation, command=shlex.join([PROG, *argv]), salt=args.subject_salt)
+    except (UsageError, FileNotFoundError, ValueError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:  # a cross-validation fold failed (its report is in the pydra cache)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    summary = ""
+    if card.training.cv:
+        mse = sum(f.mse for f in card.training.cv) / len(card.training.cv)
+        ssim = sum(f.ssim for f in card.training.cv) / len(card.training.cv)
+        summary = f"; cross-validated MSE {mse:.4g}, SSIM {ssim:.3f}"
+    print(f"{PROG}: wrote {args.out} ({card.name}{summary})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ def write_derivative(
 
     The name keeps the entities of ``source_file`` listed in ``keep`` (subject and session: DESIGN.md's
     names do not carry a raw file's run, reconstruction …) and adds ``entities`` (acq, trc, space, desc,
-    label …). NIfTI outputs get spatial units in mm and a sidecar with ``metadata``; other files
-    (transforms) are copied as they are.
+    label …). NIfTI outputs get spatial units in mm; NIfTI and TSV outputs get a sidecar with ``metadata`` (for a
+    TSV, its data dictionary); other files (transforms) are copied as they are.
     """
     in_file = Path(in_file)
     extension = next((ext for ext in _NIFTI if in_file.name.endswith(ext)), in_file.suffix)
@@ -53,10 +53,11 @@ def write_derivative(
         target.parent.mkdir(parents=True, exist_ok=True)
         nb.save(image, tmp)
         tmp.replace(target)
-        sidecar = target.with_name(target.name[: -len(extension)] + ".json")
-        atomic_write_text(sidecar, json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
     else:
         atomic_copy(in_file, target)
+    if extension in (*_NIFTI, ".tsv"):
+        sidecar = target.with_name(target.name[: -len(extension)] + ".json")
+        atomic_write_text(sidecar, json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
     return target
 
 

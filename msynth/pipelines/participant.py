@@ -7,10 +7,14 @@ from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
+from msynth.models.card import ModelCard, read_card
+from msynth.models.selection import choose_model, shipped_models
 from msynth.pipelines.anat import init_anat_reference_wf
 from msynth.pipelines.coregistration import SUFFIX, init_coregistration_wf
 from msynth.pipelines.dwi import init_dwi_wf
+from msynth.pipelines.masks import init_masks_wf
 from msynth.pipelines.pet import init_pet_wf
+from msynth.pipelines.synthesis import init_flair_synthesis_wf
 from msynth.pipelines.template import init_template_registration_wf
 from msynth.utils.bids import SessionData
 
@@ -27,6 +31,8 @@ def init_participant_wf(
     output_dir: Path,
     omp_nthreads: int,
     device: str,
+    models: list[Path],
+    saliency: bool,
     name: str,
 ) -> pe.Workflow:
     """Build the workflow of one participant: independent session workflows run in parallel.
@@ -43,20 +49,32 @@ def init_participant_wf(
         Threads per multithreaded node.
     device
         ``auto``, ``cpu`` or ``cuda`` for network nodes.
+    models
+        Synthesis model folders to choose from (``--model``, else the shipped ones).
+    saliency
+        Write the P3S maps of the synthesis model's inputs.
     """
     workflow = pe.Workflow(name=name)
     for data in sessions:
         workflow.add_nodes([
             init_session_wf(
                 data=data, bids_dir=bids_dir, output_dir=output_dir, omp_nthreads=omp_nthreads, device=device,
-                name=f"ses_{data.session}_wf" if data.session else "single_session_wf",
+                models=models, saliency=saliency, name=f"ses_{data.session}_wf" if data.session else "single_session_wf",
             )
         ])  # fmt: skip
     return workflow
 
 
 def init_session_wf(
-    *, data: SessionData, bids_dir: Path, output_dir: Path, omp_nthreads: int, device: str, name: str
+    *,
+    data: SessionData,
+    bids_dir: Path,
+    output_dir: Path,
+    omp_nthreads: int,
+    device: str,
+    models: list[Path],
+    saliency: bool,
+    name: str,
 ) -> pe.Workflow:
     """Build the workflow of one session, logging each stage that cannot run and why."""
     workflow = pe.Workflow(name=name)
@@ -68,15 +86,47 @@ def init_session_wf(
         omp_nthreads=omp_nthreads,
         device=device,
     )
-    workflow.add_nodes([anat_reference_wf])
+    template_wf = init_template_registration_wf(
+        t1w=data.files["T1w"], output_dir=output_dir, omp_nthreads=omp_nthreads
+    )
+    _connect_reference(workflow, anat_reference_wf, template_wf)
+    coregistration_wfs = {}
     for key in COREGISTERED_KEYS:
         if key not in data.files:
             continue
-        coregistration_wf = init_coregistration_wf(
+        coregistration_wfs[key] = init_coregistration_wf(
             key=key, image=data.files[key], t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir,
             omp_nthreads=omp_nthreads, name=f"coregister_{key}_wf",
         )
-        _connect_reference(workflow, anat_reference_wf, coregistration_wf)
+        _connect_reference(workflow, anat_reference_wf, coregistration_wfs[key])
+    # Every space-T1w image a synthesis model may take, as (workflow, output field).
+    preprocessed = {"T1w": (anat_reference_wf, "outputnode.t1w_preproc")}
+    preprocessed.update({key: (wf, "outputnode.preproc") for key, wf in coregistration_wfs.items()})
+    synthesis = _flair_synthesis_wf(data=data, models=models, available=set(preprocessed), bids_dir=bids_dir,
+                                    output_dir=output_dir, omp_nthreads=omp_nthreads, device=device, saliency=saliency)
+    synthesis_wf = None
+    if synthesis is not None:
+        synthesis_wf, card = synthesis
+        workflow.connect([
+            (anat_reference_wf, synthesis_wf, [("outputnode.brain_mask", "inputnode.brain_mask")]),
+            *[(preprocessed[key][0], synthesis_wf, [(preprocessed[key][1], f"inputnode.{key}")])
+              for key in card.inputs],
+        ])  # fmt: skip
+    if "FLAIR" in preprocessed:
+        flair = preprocessed["FLAIR"]
+    elif synthesis_wf is not None:
+        flair = (synthesis_wf, "outputnode.synthetic_flair")
+    else:
+        flair = None
+    masks_wf = _add_masks_wf(workflow, data=data, bids_dir=bids_dir, output_dir=output_dir,
+                             omp_nthreads=omp_nthreads, anat_reference_wf=anat_reference_wf, template_wf=template_wf,
+                             coregistration_wfs=coregistration_wfs, flair=flair)
+    if synthesis_wf is not None and "FLAIR" in preprocessed:
+        workflow.connect([
+            (coregistration_wfs["FLAIR"], synthesis_wf, [("outputnode.preproc", "inputnode.flair")]),
+            (masks_wf, synthesis_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in (
+                "lesion_mask", "nawm", "surrounding_nawm", "gm", "wm", "csf", "gm_prior", "wm_prior")]),
+        ])  # fmt: skip
     if "DWI" in data.files:
         bval, bvec = data.gradients
         dwi_wf = init_dwi_wf(
@@ -85,14 +135,10 @@ def init_session_wf(
         )
         _connect_reference(workflow, anat_reference_wf, dwi_wf)
     if "PET" in data.files:
-        template_wf = init_template_registration_wf(
-            t1w=data.files["T1w"], output_dir=output_dir, omp_nthreads=omp_nthreads
-        )
         pet_wf = init_pet_wf(
             pet=data.files["PET"], metadata=data.metadata["PET"], t1w=data.files["T1w"], bids_dir=bids_dir,
             output_dir=output_dir, omp_nthreads=omp_nthreads, label=data.label,
         )
-        _connect_reference(workflow, anat_reference_wf, template_wf)
         _connect_reference(workflow, anat_reference_wf, pet_wf)
         workflow.connect([
             (template_wf, pet_wf, [
@@ -103,6 +149,76 @@ def init_session_wf(
     if data.missing:
         LOGGER.info("%s: no %s image; the stages that need them are skipped", data.label, ", ".join(data.missing))
     return workflow
+
+
+def _flair_synthesis_wf(
+    *,
+    data: SessionData,
+    models: list[Path],
+    available: set[str],
+    bids_dir: Path,
+    output_dir: Path,
+    omp_nthreads: int,
+    device: str,
+    saliency: bool,
+) -> tuple[pe.Workflow, ModelCard] | None:
+    """The FLAIR synthesis workflow and card of the model chosen for this session, or None (the reason logged)."""
+    candidates = [model for model in models or shipped_models() if read_card(model).output == "FLAIR"]
+    if not candidates:
+        LOGGER.info("%s: FLAIR synthesis skipped: no FLAIR model %s", data.label,
+                    "among --model" if models else "is shipped; train one with msynth-train flair")
+        return None
+    model_dir = choose_model(candidates, available)
+    if model_dir is None:
+        needs = "; ".join(f"{path.name}: {'+'.join(read_card(path).inputs)}" for path in candidates)
+        LOGGER.info("%s: FLAIR synthesis skipped: no model's inputs are all present (session has %s; models need %s)",
+                    data.label, ", ".join(sorted(available)), needs)
+        return None
+    card = read_card(model_dir)
+    LOGGER.info("%s: FLAIR synthesis with %s (inputs %s)", data.label, card.name, "+".join(card.inputs))
+    synthesis_wf = init_flair_synthesis_wf(model_dir=model_dir, card=card, t1w=data.files["T1w"], bids_dir=bids_dir,
+                                           output_dir=output_dir, device=device, omp_nthreads=omp_nthreads,
+                                           saliency=saliency, evaluate="FLAIR" in data.files)
+    return synthesis_wf, card
+
+
+def _add_masks_wf(
+    workflow: pe.Workflow,
+    *,
+    data: SessionData,
+    bids_dir: Path,
+    output_dir: Path,
+    omp_nthreads: int,
+    anat_reference_wf: pe.Workflow,
+    template_wf: pe.Workflow,
+    coregistration_wfs: dict[str, pe.Workflow],
+    flair: tuple[pe.Workflow, str] | None,
+) -> pe.Workflow:
+    """Add the tissue/lesion masks workflow, its lesion mask given, detected on a FLAIR (acquired or synthetic),
+    or absent."""
+    given = data.lesion_mask
+    if given is not None:
+        lesion_source = "given"
+    elif flair is not None:
+        lesion_source = "automatic"
+        LOGGER.info("%s: no lesion mask given; lesions are detected automatically on the %s FLAIR", data.label,
+                    "acquired" if "FLAIR" in coregistration_wfs else "synthetic")
+    else:
+        lesion_source = "none"
+        LOGGER.info("%s: no lesion mask given and no FLAIR (acquired or synthetic): lesion mask, NAWM and distance "
+                    "to CSF are skipped (tissue probabilities are computed without lesion filling)", data.label)
+    masks_wf = init_masks_wf(t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir,
+                             omp_nthreads=omp_nthreads, lesion_source=lesion_source, given=given)
+    _connect_reference(workflow, anat_reference_wf, masks_wf)
+    workflow.connect([(template_wf, masks_wf, [("outputnode.xfm", "inputnode.template_xfm")])])
+    if lesion_source == "automatic":
+        flair_wf, field = flair
+        workflow.connect([(flair_wf, masks_wf, [(field, "inputnode.flair")])])
+    elif lesion_source == "given" and given.drawn_on != "T1w":
+        workflow.connect([
+            (coregistration_wfs[given.drawn_on], masks_wf, [("outputnode.xfm", "inputnode.lesion_xfm")]),
+        ])  # fmt: skip
+    return masks_wf
 
 
 def _connect_reference(workflow: pe.Workflow, anat_reference_wf: pe.Workflow, consumer_wf: pe.Workflow) -> None:

@@ -11,11 +11,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bids import BIDSLayout
 from bids.layout import Query
 
 from msynth.utils.errors import UsageError
+
+if TYPE_CHECKING:
+    from msynth.utils.lesion_masks import GivenLesionMask
 
 LOGGER = logging.getLogger("msynth.bids")
 
@@ -47,7 +51,8 @@ class SessionData:
     """The raw files msynth found for one session (``session`` is None without sessions).
 
     ``metadata`` holds each file's BIDS sidecar content, with JSON inheritance applied;
-    ``gradients`` the ``.bval`` and ``.bvec`` of the DWI series (None where absent).
+    ``gradients`` the ``.bval`` and ``.bvec`` of the DWI series (None where absent);
+    ``lesion_mask`` the mask given with ``--lesion-masks``, if any.
     """
 
     subject: str
@@ -56,6 +61,7 @@ class SessionData:
     metadata: dict[str, dict[str, object]] = field(default_factory=dict)
     gradients: tuple[Path | None, Path | None] = (None, None)
     extra_runs: dict[str, list[Path]] = field(default_factory=dict)
+    lesion_mask: GivenLesionMask | None = None
 
     @property
     def label(self) -> str:

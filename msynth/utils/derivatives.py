@@ -30,6 +30,14 @@ BIDSIGNORE = """\
 *_dwimap.json
 *_mimap.nii.gz
 *_mimap.json
+*_desc-CSFdistance_map.nii.gz
+*_desc-CSFdistance_map.json
+*_label-lesion_stats.tsv
+*_label-lesion_stats.json
+*_desc-synthFLAIR_metrics.tsv
+*_desc-synthFLAIR_metrics.json
+*_saliency.nii.gz
+*_saliency.json
 sub-*/log
 """
 

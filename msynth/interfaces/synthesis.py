@@ -1,0 +1,100 @@
+"""Nipype interfaces for image synthesis with a trained model, its saliency maps, and its evaluation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from msynth.analysis.evaluation import synthesis_metrics
+
+LOGGER = logging.getLogger("msynth.models")
+
+
+class _SynthesizeInputSpec(BaseInterfaceInputSpec):
+    model_dir = traits.Directory(exists=True, mandatory=True, desc="model folder (model_card.json, model.pt)")
+    keys = traits.List(traits.Str, mandatory=True, desc="modality key of each input file, in order")
+    in_files = InputMultiObject(File(exists=True), mandatory=True, desc="input images on the brain mask's grid")
+    brain_mask = File(exists=True, mandatory=True, desc="brain mask; its grid is the output's")
+    device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="where the network runs")
+    saliency = traits.Bool(False, usedefault=True, desc="also write the P3S map of each input")
+    target = File(exists=True, desc="the acquired output image, for the P3S maps (paper 001, eq. 3)")
+    omp_nthreads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+
+
+class _SynthesizeOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="synthetic image")
+    saliency_files = traits.List(File(exists=True), desc="P3S maps, one per input channel in the card's order")
+    metadata = traits.Dict(desc="model and settings, for the sidecar")
+
+
+class SynthesizeImage(SimpleInterface):
+    """Run a model card's network over its input images (:func:`msynth.models.inference.synthesize`)."""
+
+    input_spec = _SynthesizeInputSpec
+    output_spec = _SynthesizeOutputSpec
+
+    def _run_interface(self, runtime):
+        import torch  # imported by the node that needs it: importing torch takes seconds
+
+        from msynth.models.card import channels_of, read_card
+        from msynth.models.inference import synthesize
+        from msynth.models.saliency import write_p3s_maps
+
+        torch.set_num_threads(self.inputs.omp_nthreads)
+        images = dict(zip(self.inputs.keys, self.inputs.in_files, strict=True))
+        card = read_card(self.inputs.model_dir)
+        self._results["out_file"] = str(synthesize(self.inputs.model_dir, images, self.inputs.brain_mask,
+                                                   newpath=runtime.cwd, device=self.inputs.device, progress=False))
+        self._results["saliency_files"] = []
+        if self.inputs.saliency:
+            maps = write_p3s_maps(self.inputs.model_dir, images, self.inputs.brain_mask, newpath=runtime.cwd,
+                                  target=self.inputs.target if isdefined(self.inputs.target) else None,
+                                  device=self.inputs.device)
+            self._results["saliency_files"] = [str(maps[channel]) for channel in channels_of(card.inputs)]
+        self._results["metadata"] = {
+            "Model": {"Name": card.name, "Inputs": card.inputs, "Architecture": card.architecture,
+                      "VoxelSizeMM": card.voxel_size_mm, "Folder": str(Path(self.inputs.model_dir).resolve())},
+            "Inference": {"Device": self.inputs.device, "Method": "MONAI sliding windows, Gaussian blending"},
+        }
+        return runtime
+
+
+class _SynthesisMetricsInputSpec(BaseInterfaceInputSpec):
+    synthetic = File(exists=True, mandatory=True, desc="synthetic image (space-T1w)")
+    acquired = File(exists=True, mandatory=True, desc="the acquired image it predicts (space-T1w)")
+    brain_mask = File(exists=True, mandatory=True, desc="brain mask")
+    lesion_mask = File(exists=True, desc="lesion mask (contrast ratios)")
+    nawm = File(exists=True, desc="normal-appearing white matter")
+    surrounding_nawm = File(exists=True, desc="NAWM near the lesions")
+    synthetic_lesions = File(exists=True, desc="automatic lesion mask from the synthetic image")
+    acquired_lesions = File(exists=True, desc="automatic lesion mask from the acquired image")
+
+
+class _SynthesisMetricsOutputSpec(TraitedSpec):
+    out_tsv = File(exists=True, desc="one row: the metrics")
+
+
+class SynthesisMetrics(SimpleInterface):
+    """MSE, PSNR and SSIM inside the brain; lesion contrast ratios; Dice of automatic lesion masks (paper 001)."""
+
+    input_spec = _SynthesisMetricsInputSpec
+    output_spec = _SynthesisMetricsOutputSpec
+
+    def _run_interface(self, runtime):
+        out_tsv = Path(runtime.cwd) / "synthesis_metrics.tsv"
+        synthesis_metrics(
+            **{name: getattr(self.inputs, name) if isdefined(getattr(self.inputs, name)) else None
+               for name in self.inputs.copyable_trait_names()}
+        ).to_csv(out_tsv, sep="\t", index=False, na_rep="n/a")
+        self._results["out_tsv"] = str(out_tsv)
+        return runtime

@@ -1,0 +1,326 @@
+"""Running a trained model: device choice, loading, sliding-window prediction and whole-image synthesis.
+
+Prediction follows MONAI's :func:`~monai.inferers.sliding_window_inference` with Gaussian blending: windows run on
+the compute device, the stitched volume lives on the CPU. Each window is predicted from a larger block of context
+(the window plus a *halo* of voxels on each side, clipped at the volume's border) and cropped back, so that a
+window's values do not depend on where the window was cut. For a fully convolutional network whose receptive
+radius fits in the halo (:func:`receptive_halo`) the stitched output equals a single forward pass over the whole
+volume; for a U-Net the halo is a generous approximation.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msynth.models.card import CARD_NAME, WEIGHTS_NAME, ModelCard, channels_of, read_card
+from msynth.models.data import normalise
+from msynth.models.selection import WEIGHTS_DIR, choose_model, shipped_models
+
+__all__ = [
+    "load_model", "predict_volume", "read_inputs", "receptive_halo", "select_device", "shipped_models", "choose_model",
+    "synthesize", "WEIGHTS_DIR",
+]
+
+LOGGER = logging.getLogger("msynth.models")
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """The torch device for ``--device``.
+
+    Parameters
+    ----------
+    requested
+        ``'auto'`` (CUDA when available, else CPU), ``'cpu'``, or ``'cuda'``/``'cuda:N'`` (CPU with a warning when
+        CUDA is not available).
+
+    Returns
+    -------
+    torch.device
+    """
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested.startswith("cuda"):
+        if torch.cuda.is_available():
+            return torch.device(requested)
+        warnings.warn(f"--device {requested} requested but CUDA is not available "
+                      f"(torch {torch.__version__}); running on the CPU", RuntimeWarning, stacklevel=2)
+        LOGGER.warning("device %s requested but CUDA is not available; using the CPU", requested)
+        return torch.device("cpu")
+    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}")
+
+
+def load_model(model_dir: str | PathLike[str], device: torch.device | str = "cpu") -> tuple[ModelCard, nn.Module]:
+    """Read a model folder's card and weights.
+
+    Parameters
+    ----------
+    model_dir
+        Folder with ``model_card.json`` and ``model.pt`` (a ``state_dict``).
+    device
+        Where the network's parameters go.
+
+    Returns
+    -------
+    (ModelCard, torch.nn.Module)
+        The network is in evaluation mode.
+    """
+    from msynth.models.networks import build_network
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    weights = model_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: the model's weights are missing")
+    model = build_network(card.architecture, card.architecture_arguments)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{weights}: does not match the network of {model_dir / CARD_NAME} ({err})") from None
+    return card, model.to(device).eval()
+
+
+def receptive_halo(model: nn.Module) -> int:
+    """Voxels of context each side of a window needed for exact sliding-window prediction.
+
+    For :class:`~msynth.models.networks.FCN3D` this is the receptive radius ``depth * (kernel_size // 2)``
+    (exact). For a U-Net it is the receptive radius of the convolutions, ``4 * (2**levels - 1)`` (approximate: the
+    pooling grid still depends on where a window starts). Other modules: 8.
+    """
+    from msynth.models.networks import FCN3D, UNet3D
+
+    if isinstance(model, FCN3D):
+        return model.depth * (model.kernel_size // 2)
+    if isinstance(model, UNet3D):
+        return 4 * (2**model.levels - 1)
+    return 8
+
+
+def _multiple(model: nn.Module) -> int:
+    """Spatial sizes the network accepts are multiples of this."""
+    return int(getattr(model, "multiple", 1))
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the spatial axes of ``N C X Y Z`` at their end to multiples; returns the original sizes too."""
+    sizes = tuple(x.shape[2:])
+    if multiple == 1:
+        return x, sizes
+    pad = []
+    for size in reversed(sizes):
+        pad += [0, (-size) % multiple]
+    return (F.pad(x, pad) if any(pad) else x), sizes
+
+
+def _window_size(window: int | Sequence[int], shape: Sequence[int], multiple: int) -> tuple[int, ...]:
+    sizes = np.broadcast_to(np.asarray(window, dtype=int), (3,))
+    if np.any(sizes < 1):
+        raise ValueError(f"window must be positive, got {window}")
+    return tuple(int(min(w, s)) // multiple * multiple or multiple for w, s in zip(sizes, shape))
+
+
+def _predict_windows(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    window: tuple[int, ...],
+    overlap: float,
+    halo: int,
+    sw_device: torch.device,
+    progress: bool,
+) -> torch.Tensor:
+    """Sliding-window prediction of ``x`` (``1 C X Y Z`` on the CPU) stitched on the CPU."""
+    from monai.inferers import sliding_window_inference
+
+    multiple = _multiple(model)
+    shape = x.shape[2:]
+
+    def predictor(win: torch.Tensor, locations: list[list[slice]]) -> torch.Tensor:
+        outputs = []
+        for location in locations:
+            spatial = location[2:]
+            lo = [max(0, s.start - halo) for s in spatial]
+            hi = [min(n, s.stop + halo) for s, n in zip(spatial, shape)]
+            block = x[(slice(None), slice(None), *(slice(a, b) for a, b in zip(lo, hi)))].to(sw_device)
+            block, sizes = _pad_to_multiple(block, multiple)
+            out = model(block)[..., :sizes[0], :sizes[1], :sizes[2]]
+            crop = tuple(slice(s.start - a, s.stop - a) for s, a in zip(spatial, lo))
+            outputs.append(out[(slice(None), slice(None), *crop)])
+        return torch.cat(outputs)
+
+    model.to(sw_device)
+    return sliding_window_inference(
+        x, window, 1, predictor, overlap=overlap, mode="gaussian", sw_device=sw_device, device=torch.device("cpu"),
+        progress=progress, with_coord=True,
+    )
+
+
+@torch.no_grad()
+def predict_volume(
+    model: nn.Module,
+    data: np.ndarray,
+    *,
+    window: int | Sequence[int] = 96,
+    overlap: float = 0.5,
+    halo: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Predict a whole volume window by window.
+
+    Parameters
+    ----------
+    model
+        Network taking ``N C D H W``; it is run in evaluation mode on ``device`` and left there (on the CPU after
+        an out-of-memory fallback).
+    data
+        ``(C, X, Y, Z)`` normalised inputs.
+    window
+        Window edge in voxels (one value, or one per axis), clipped to the volume and rounded down to the
+        network's size multiple.
+    overlap
+        Fraction of a window shared with its neighbour (MONAI's ``overlap``), in [0, 1).
+    halo
+        Context voxels each side of a window (default :func:`receptive_halo`).
+    device
+        Device the windows run on; on a CUDA out-of-memory error the prediction is redone on the CPU with a
+        warning.
+    progress
+        Show MONAI's progress bar over windows.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(out_channels, X, Y, Z)`` float32.
+    """
+    device = torch.device(device)
+    halo = receptive_halo(model) if halo is None else int(halo)
+    x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
+    multiple = _multiple(model)
+    x, sizes = _pad_to_multiple(x, multiple)
+    size = _window_size(window, x.shape[2:], multiple)
+    was_training = model.training
+    model.eval()
+    try:
+        try:
+            out = _predict_windows(model, x, window=size, overlap=overlap, halo=halo, sw_device=device,
+                                   progress=progress)
+        except torch.OutOfMemoryError:
+            if device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            message = (f"CUDA ran out of memory with {size} windows; predicting on the CPU instead "
+                       "(pass a smaller window, or --device cpu, to avoid this)")
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            LOGGER.warning(message)
+            out = _predict_windows(model, x, window=size, overlap=overlap, halo=halo,
+                                   sw_device=torch.device("cpu"), progress=progress)
+    finally:
+        model.train(was_training)
+    return out[0, :, :sizes[0], :sizes[1], :sizes[2]].numpy().astype(np.float32)
+
+
+def read_inputs(card: ModelCard, images: Mapping[str, str | PathLike[str]], reference: nib.Nifti1Image) -> np.ndarray:
+    """The raw ``(C, X, Y, Z)`` input channels of a model, in the card's order.
+
+    ``images`` maps a modality key to its file, or — for a key with several channels (DWI: FA, RD, AD) — each
+    channel name to its file; every image must be on the grid of ``reference``. Non-finite values become 0.
+    """
+    arrays, missing = [], []
+    for key in card.inputs:
+        for channel in channels_of([key]):
+            path = images.get(channel, images.get(key) if len(channels_of([key])) == 1 else None)
+            if path is None:
+                missing.append(channel if channel != key else key)
+                continue
+            img = nib.load(path)
+            if img.shape[:3] != reference.shape[:3] or not np.allclose(img.affine, reference.affine, atol=1e-3):
+                raise ValueError(f"{path}: not on the model's grid (shape {img.shape} vs {reference.shape[:3]}); "
+                                 "resample it onto the brain mask's grid first")
+            arrays.append(np.nan_to_num(np.asarray(img.dataobj, dtype=np.float32)))
+    if missing:
+        raise ValueError(f"model {card.name} needs {' '.join(channels_of(card.inputs))}; missing {' '.join(missing)}")
+    return np.stack(arrays)
+
+
+def synthesize(
+    model_dir: str | PathLike[str],
+    images: Mapping[str, str | PathLike[str]],
+    brain_mask: str | PathLike[str],
+    *,
+    newpath: str | PathLike[str],
+    device: str = "auto",
+    window: int | Sequence[int] = 96,
+    overlap: float = 0.5,
+    out_name: str | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Synthesise the card's output image from its input images.
+
+    Each input channel is z-scored inside ``brain_mask`` as the card says (with the card's statistics, or the image's
+    own; 0 outside), the network runs
+    window by window (:func:`predict_volume`), the prediction is returned to the output's units with the card's
+    output statistics, clipped at 0 and set to 0 outside the brain.
+
+    Parameters
+    ----------
+    model_dir
+        Model folder (card and weights).
+    images
+        Modality key → image file, for every input key of the card (others are ignored; DWI as FA, RD and AD
+        channel names, see :func:`read_inputs`); all on the grid of ``brain_mask`` (space-T1w at the model's voxel
+        size).
+    brain_mask
+        Brain mask on the same grid; its grid is the output's.
+    newpath
+        Output folder.
+    device
+        ``'auto'``, ``'cpu'`` or ``'cuda'`` (:func:`select_device`).
+    window, overlap
+        Sliding-window settings (:func:`predict_volume`).
+    out_name
+        Output file name (default ``<card name>_<output key>.nii.gz``).
+    progress
+        Progress bar over windows (default: when stderr is a terminal).
+
+    Returns
+    -------
+    pathlib.Path
+        float32 image on the grid of ``brain_mask``.
+    """
+    torch_device = select_device(device)
+    card, model = load_model(model_dir, torch_device)
+    mask_img = nib.load(brain_mask)
+    mask = np.asarray(mask_img.dataobj) > 0
+    raw = read_inputs(card, images, mask_img)
+    in_channels = channels_of(card.inputs)
+    data = normalise(raw, mask, in_channels, card.normalisation, card.intensity_normalisation)
+    LOGGER.info("model %s (%s → %s) on %s, %s windows", card.name, "+".join(card.inputs), card.output,
+                torch_device, window)
+    show = sys.stderr.isatty() if progress is None else progress
+    predicted = predict_volume(model, data, window=window, overlap=overlap, device=torch_device, progress=show)[0]
+    (out_channel,) = channels_of([card.output])
+    stats = card.normalisation[out_channel]
+    result = np.clip(predicted * stats.std + stats.mean, 0, None) * mask
+    newpath = Path(newpath)
+    newpath.mkdir(parents=True, exist_ok=True)
+    out_file = newpath / (out_name or f"{card.name}_{card.output}.nii.gz")
+    header = mask_img.header.copy()
+    header.set_data_dtype(np.float32)
+    out = nib.Nifti1Image(result.astype(np.float32), mask_img.affine, header)
+    out.header.set_slope_inter(1, 0)
+    out.to_filename(out_file)
+    return out_file

@@ -1,0 +1,216 @@
+"""Inference: sliding windows equal a direct forward pass, synthesis, model choice, device fallback, P3S maps."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+import torch
+
+from msynth.models import inference
+from msynth.models.card import (
+    WEIGHTS_NAME, ModelCard, Normalisation, TrainingRecord, channels_of, hash_subject, write_card,
+)
+from msynth.models.inference import choose_model, predict_volume, select_device, shipped_models, synthesize
+from msynth.models.networks import FCN3D, UNet3D, build_network
+from msynth.models.saliency import p3s_maps, write_p3s_maps
+
+torch.set_num_threads(1)
+
+
+def make_card(inputs: tuple[str, ...], name: str, scope: str = "image") -> ModelCard:
+    """A valid card for a 4-feature FCN over ``inputs``."""
+    stats = {c: Normalisation(100.0 + 50 * i, 10.0 + i) for i, c in enumerate(channels_of((*inputs, "FLAIR")))}
+    return ModelCard(
+        name=name, task="flair-synthesis", inputs=inputs, output="FLAIR", voxel_size_mm=None, normalisation=stats,
+        intensity_normalisation=scope, architecture="fcn",
+        architecture_arguments={"in_channels": len(channels_of(inputs)), "out_channels": 1, "features": 4,
+                                "depth": 3},
+        training=TrainingRecord(
+            subjects=(hash_subject("01", "salt"),), salt_fingerprint="0" * 64, n_sessions=1, data_source="test",
+            data_license="CC0", data_citation="", command="test", seed=0, optimizer={"name": "sgd", "lr": 5e-4},
+            epochs=1, patch_size=16, early_stopping={"strip_length": 5, "strips": 3}),
+    )
+
+
+def _volume(shape=(23, 19, 14), channels=3, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(channels, *shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("window", "overlap", "depth"), [(8, 0.5, 3), (10, 0.25, 3), (12, 0.5, 4), (64, 0.5, 3)])
+def test_sliding_windows_equal_the_direct_forward_pass(window, overlap, depth):
+    torch.manual_seed(0)
+    net = FCN3D(3, features=6, depth=depth).eval()
+    x = _volume()
+    with torch.no_grad():
+        direct = net(torch.from_numpy(x)[None])[0].numpy()
+    windowed = predict_volume(net, x, window=window, overlap=overlap)
+    assert windowed.shape == direct.shape == (1, 23, 19, 14)
+    np.testing.assert_allclose(windowed, direct, atol=1e-5, rtol=0)
+
+
+def test_without_halo_window_seams_differ():
+    torch.manual_seed(0)
+    net = FCN3D(3, features=6).eval()
+    x = _volume()
+    with torch.no_grad():
+        direct = net(torch.from_numpy(x)[None])[0].numpy()
+    assert np.abs(predict_volume(net, x, window=8, halo=0) - direct).max() > 1e-3
+
+
+def test_unet_windows_keep_any_shape():
+    torch.manual_seed(0)
+    net = UNet3D(3, features=4, levels=3).eval()
+    out = predict_volume(net, _volume((21, 18, 13)), window=16)
+    assert out.shape == (1, 21, 18, 13) and np.isfinite(out).all()
+
+
+def test_cuda_out_of_memory_falls_back_to_cpu(monkeypatch):
+    real = inference._predict_windows
+
+    def fake(model, x, *, sw_device, **kwargs):
+        if sw_device.type == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, x, sw_device=sw_device, **kwargs)
+
+    monkeypatch.setattr(inference, "_predict_windows", fake)
+    torch.manual_seed(0)
+    net = FCN3D(3, features=4).eval()
+    x = _volume()
+    with pytest.warns(RuntimeWarning, match="predicting on the CPU instead"):
+        out = predict_volume(net, x, window=12, device="cuda")
+    np.testing.assert_allclose(out, predict_volume(net, x, window=12), atol=1e-6)
+
+
+def test_select_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto") == torch.device("cpu")
+    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
+        assert select_device("cuda") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto") == torch.device("cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda"):
+        select_device("tpu")
+
+
+def _model_dir(root: Path, inputs: tuple[str, ...], name: str, scope: str = "image") -> Path:
+    card = make_card(inputs, name, scope)
+    torch.manual_seed(1)
+    net = build_network(card.architecture, card.architecture_arguments)
+    folder = root / name
+    write_card(card, folder)
+    torch.save(net.state_dict(), folder / WEIGHTS_NAME)
+    return folder
+
+
+def test_choose_model_prefers_most_inputs_then_name(tmp_path):
+    one = _model_dir(tmp_path, ("T1w",), "t1-only")
+    two_b = _model_dir(tmp_path, ("T1w", "T2w"), "b-t1t2")
+    two_a = _model_dir(tmp_path, ("T1w", "T2w"), "a-t1t2")
+    five = _model_dir(tmp_path, ("T1w", "T2w", "PDw", "T1SE", "DIR"), "paper")
+    available = [one, two_b, two_a, five]
+    assert choose_model(available, {"T1w", "T2w", "PDw", "T1SE", "DIR", "MTR"}) == five
+    assert choose_model(available, ["T1w", "T2w", "PDw"]) == two_a
+    assert choose_model(available, ["T1w"]) == one
+    assert choose_model(available, ["T2w", "PDw"]) is None
+    assert choose_model([], ["T1w"]) is None
+    assert all((p / "model_card.json").is_file() for p in shipped_models())
+
+
+def _write_images(root: Path, keys: tuple[str, ...], shape=(18, 16, 12)) -> tuple[dict[str, Path], Path]:
+    rng = np.random.default_rng(3)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    mask = np.zeros(shape, np.uint8)
+    mask[3:-3, 3:-3, 2:-2] = 1
+    root.mkdir(parents=True, exist_ok=True)
+    nb.Nifti1Image(mask, affine).to_filename(root / "mask.nii.gz")
+    images = {}
+    for i, key in enumerate(keys):
+        data = (300 * (i + 1) + 50 * rng.normal(size=shape)).astype(np.float32)
+        images[key] = root / f"{key}.nii.gz"
+        nb.Nifti1Image(data, affine).to_filename(images[key])
+    return images, root / "mask.nii.gz"
+
+
+@pytest.mark.parametrize("scope", ["cohort", "image"])
+def test_synthesize_matches_a_direct_computation(tmp_path, scope):
+    keys = ("T1w", "T2w", "PDw", "T1SE", "DIR")
+    model_dir = _model_dir(tmp_path, keys, "paper", scope)
+    images, mask_file = _write_images(tmp_path / "in", keys)
+    out = synthesize(model_dir, {**images, "MTR": Path("unused")}, mask_file, newpath=tmp_path / "out",
+                     device="cpu", window=8)
+    card, net = inference.load_model(model_dir)
+    mask = nb.load(mask_file).get_fdata() > 0
+    raw = np.stack([nb.load(images[k]).get_fdata(dtype=np.float32) for k in keys])
+    if scope == "image":
+        mean = np.array([raw[i][mask].mean() for i in range(len(keys))])
+        std = np.array([raw[i][mask].std() for i in range(len(keys))])
+    else:
+        mean = np.array([card.normalisation[k].mean for k in keys])
+        std = np.array([card.normalisation[k].std for k in keys])
+    x = ((raw - mean[:, None, None, None]) / std[:, None, None, None] * mask).astype(np.float32)
+    with torch.no_grad():
+        z = net(torch.from_numpy(x)[None])[0, 0].numpy()
+    flair = card.normalisation["FLAIR"]
+    expected = np.clip(z * flair.std + flair.mean, 0, None) * mask
+    result = nb.load(out)
+    assert result.get_data_dtype() == np.float32 and result.shape == mask.shape
+    np.testing.assert_allclose(result.get_fdata(), expected, atol=1e-3, rtol=1e-5)
+    assert not result.get_fdata()[~mask].any()
+
+
+def test_synthesize_names_missing_inputs(tmp_path):
+    model_dir = _model_dir(tmp_path, ("T1w", "T2w"), "t1t2")
+    images, mask_file = _write_images(tmp_path / "in", ("T1w",))
+    with pytest.raises(ValueError, match="needs T1w T2w; missing T2w"):
+        synthesize(model_dir, images, mask_file, newpath=tmp_path / "out", device="cpu")
+
+
+def test_p3s_maps_equal_whole_volume_autograd():
+    """Paper 001 eq. 3: |d ||target - prediction||² / d input|, computed window by window."""
+    torch.manual_seed(0)
+    net = FCN3D(3, features=6).eval()
+    x = _volume((20, 17, 13))
+    target = np.random.default_rng(5).normal(size=(20, 17, 13)).astype(np.float32)
+    mask = np.random.default_rng(6).random((20, 17, 13)) > 0.3
+    maps = p3s_maps(net, x, target, mask=mask, window=8)
+    xt = torch.from_numpy(x)[None].requires_grad_(True)
+    loss = (torch.square(torch.from_numpy(target) - net(xt)[0, 0]) * torch.from_numpy(mask)).sum()
+    (grad,) = torch.autograd.grad(loss, xt)
+    assert maps.shape == (3, 20, 17, 13) and maps.min() >= 0
+    np.testing.assert_allclose(maps, grad[0].abs().numpy(), atol=1e-5, rtol=1e-5)
+    sensitivity = p3s_maps(net, x, None, window=8)
+    (grad,) = torch.autograd.grad(net(xt).sum(), xt)
+    np.testing.assert_allclose(sensitivity, grad[0].abs().numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_write_p3s_maps_one_per_input(tmp_path):
+    keys = ("T1w", "T2w")
+    model_dir = _model_dir(tmp_path, keys, "t1t2")
+    images, mask_file = _write_images(tmp_path / "in", (*keys, "FLAIR"))
+    written = write_p3s_maps(model_dir, images, mask_file, newpath=tmp_path / "p3s", target=images["FLAIR"],
+                             device="cpu", window=8)
+    assert list(written) == list(keys) == list(channels_of(keys))
+    mask = nb.load(mask_file).get_fdata() > 0
+    for path in written.values():
+        values = nb.load(path).get_fdata()
+        assert values.shape == mask.shape and values[mask].max() > 0 and not values[~mask].any()
+
+
+def test_multi_channel_inputs_are_read_per_channel(tmp_path):
+    """DWI contributes FA, RD and AD (thesis 003 inputs); single-channel keys may be given by key."""
+    card = make_card(("T1w", "DWI"), "t1-dti")
+    assert card.architecture_arguments["in_channels"] == 4
+    images, mask_file = _write_images(tmp_path / "in", ("T1w", "FA", "RD", "AD"))
+    raw = inference.read_inputs(card, images, nb.load(mask_file))
+    assert raw.shape == (4, 18, 16, 12)
+    np.testing.assert_array_equal(raw[2], nb.load(images["RD"]).get_fdata(dtype=np.float32))
+    with pytest.raises(ValueError, match="needs T1w FA RD AD; missing RD"):
+        inference.read_inputs(card, {k: v for k, v in images.items() if k != "RD"}, nb.load(mask_file))
