@@ -46,7 +46,7 @@ from msynth.preprocessing._io import write_like  # noqa: E402
 from msynth.preprocessing.bias import n4_correct  # noqa: E402
 from msynth.preprocessing.registration import apply_transform, pyramid_for, register_to_reference  # noqa: E402
 from msynth.segmentation.lesions import detect_lesions, lesion_statistics, lesion_summary  # noqa: E402
-from msynth.segmentation.tissue import segment_tissues  # noqa: E402
+from msynth.segmentation.tissue import segment_tissues, write_subject_priors  # noqa: E402
 from msynth.templates import write_template  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -104,15 +104,16 @@ def phantom_patient(cohort, subject: str, work: Path) -> dict:
     xfm = truth / f"{stem}_from-FLAIR_to-T1w_mode-image_xfm.mat"
     flair_t1w = apply_transform(flair, t1w, xfm, newpath=work, suffix="space-T1w")
     template_xfm = timed(times, "template_registration_s", template_affine, t1w, brain, work)
-    plain = timed(times, "segment_tissues_s", segment_tissues, t1w, brain, template_xfm=template_xfm,
-                  newpath=work / "plain")
+    priors = timed(times, "tissue_priors_s", write_subject_priors, t1w, brain, template_xfm=template_xfm,
+                   newpath=work / "priors")
+    plain = timed(times, "segment_tissues_s", segment_tissues, t1w, brain, priors=priors, newpath=work / "plain")
     auto = timed(times, "detect_lesions_s", detect_lesions, flair_t1w, brain, gm=plain.gm, wm=plain.wm,
-                 csf=plain.csf, gm_prior=plain.gm_prior, wm_prior=plain.wm_prior,
+                 csf=plain.csf, gm_prior=priors.gm, wm_prior=priors.wm,
                  newpath=work / "auto")
     rater = apply_transform(cohort.lesion_dir / f"sub-{subject}" / "ses-01" / "anat"
                             / f"{stem}_space-FLAIR_label-lesion_mask.nii.gz", t1w, xfm, newpath=work,
                             interpolation="nearestNeighbor", suffix="space-T1w")
-    given = timed(times, "segment_tissues_filled_s", segment_tissues, t1w, brain, template_xfm=template_xfm,
+    given = timed(times, "segment_tissues_filled_s", segment_tissues, t1w, brain, priors=priors,
                   newpath=work / "given", lesion_mask=rater)
     truth_img = nib.load(truth / f"{stem}_space-T1w_label-lesion_mask.nii.gz")
     true_lesion = np.asarray(truth_img.dataobj) > 0
@@ -139,13 +140,14 @@ def real_patient(patient: str, work: Path) -> dict:
     support = (np.asarray(t1_img.dataobj) > 0) & (load(flair) > 0)
     brain = write_like(ndimage.binary_fill_holes(support).astype(np.uint8), t1_img, work / "brain_mask.nii.gz")
     template_xfm = timed(times, "template_registration_s", template_affine, t1w, brain, work)
-    plain = timed(times, "segment_tissues_s", segment_tissues, t1w, brain, template_xfm=template_xfm,
-                  newpath=work / "plain")
+    priors = timed(times, "tissue_priors_s", write_subject_priors, t1w, brain, template_xfm=template_xfm,
+                   newpath=work / "priors")
+    plain = timed(times, "segment_tissues_s", segment_tissues, t1w, brain, priors=priors, newpath=work / "plain")
     # the FLAIR's interpolation undershoot (negative values) is clipped: 0 means "no coverage" to detect_lesions
     flair_img = nib.load(flair)
     flair_pos = write_like(np.clip(load(flair), 0, None).astype(np.float32), flair_img, work / "FLAIR.nii.gz")
     auto = timed(times, "detect_lesions_s", detect_lesions, flair_pos, brain, gm=plain.gm, wm=plain.wm,
-                 csf=plain.csf, gm_prior=plain.gm_prior, wm_prior=plain.wm_prior,
+                 csf=plain.csf, gm_prior=priors.gm, wm_prior=priors.wm,
                  newpath=work / "auto")
     gold_img = nib.load(gold)
     row = {"subject": patient, **lesion_row(auto, np.asarray(gold_img.dataobj) > 0, gold_img)}
@@ -216,7 +218,8 @@ def write_report(table: pd.DataFrame, *, command: str, wall_s: float, peak_gb: f
     """Write ``benchmarks/results/lesions.md``."""
     metrics = [c for c in ("GM_dice", "WM_dice", "CSF_dice", "WM_dice_filled_rater", "lesion_dice",
                            "rater_mask_dice", "n_lesions_auto", "n_lesions_truth", "volume_ml_auto",
-                           "volume_ml_truth", "template_registration_s", "segment_tissues_s", "detect_lesions_s",
+                           "volume_ml_truth", "template_registration_s", "tissue_priors_s", "segment_tissues_s",
+                           "detect_lesions_s",
                            "segment_tissues_filled_s", "generation_s") if c in table]
     shown = table[["data", "subject", *metrics]].copy()
     lines = [

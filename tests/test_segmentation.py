@@ -22,7 +22,7 @@ from msynth.preprocessing.bias import n4_correct
 from msynth.preprocessing.registration import apply_transform, register_to_reference
 from msynth.segmentation.lesions import detect_lesions
 from msynth.segmentation.regions import region_masks
-from msynth.segmentation.tissue import atropos, segment_tissues
+from msynth.segmentation.tissue import atropos, segment_tissues, write_subject_priors
 from msynth.templates import write_template
 
 pytestmark = pytest.mark.slow
@@ -69,15 +69,20 @@ def session(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def tissues_filled(session):
-    return segment_tissues(session["t1w"], session["brain"], template_xfm=session["template_xfm"],
-                           newpath=session["work"] / "filled", lesion_mask=session["lesion"])
+def priors(session):
+    return write_subject_priors(session["t1w"], session["brain"], template_xfm=session["template_xfm"],
+                                newpath=session["work"] / "priors")
 
 
 @pytest.fixture(scope="module")
-def tissues_plain(session):
-    return segment_tissues(session["t1w"], session["brain"], template_xfm=session["template_xfm"],
-                           newpath=session["work"] / "plain")
+def tissues_filled(session, priors):
+    return segment_tissues(session["t1w"], session["brain"], priors=priors, newpath=session["work"] / "filled",
+                           lesion_mask=session["lesion"])
+
+
+@pytest.fixture(scope="module")
+def tissues_plain(session, priors):
+    return segment_tissues(session["t1w"], session["brain"], priors=priors, newpath=session["work"] / "plain")
 
 
 def test_tissue_probabilities_match_truth(session, tissues_filled) -> None:
@@ -102,9 +107,9 @@ def test_tissue_probabilities_match_truth(session, tissues_filled) -> None:
     assert tissues_filled.metadata["LesionFilling"]["FilledVoxels"] == np.count_nonzero(lesion & brain)
 
 
-def test_automatic_lesions_and_regions(session, tissues_plain, caplog) -> None:
+def test_automatic_lesions_and_regions(session, priors, tissues_plain, caplog) -> None:
     out = detect_lesions(session["flair"], session["brain"], gm=tissues_plain.gm, wm=tissues_plain.wm,
-                         csf=tissues_plain.csf, gm_prior=tissues_plain.gm_prior, wm_prior=tissues_plain.wm_prior,
+                         csf=tissues_plain.csf, gm_prior=priors.gm, wm_prior=priors.wm,
                          newpath=session["work"] / "lesions")
     auto = load(out) > 0
     truth = load(session["lesion"]) > 0

@@ -17,13 +17,42 @@ from msynth.segmentation.lesions import (
     lesion_summary,
 )
 from msynth.segmentation.regions import region_masks
-from msynth.segmentation.tissue import segment_tissues
+from msynth.segmentation.tissue import SubjectPriors, segment_tissues, write_subject_priors
+
+
+class _TissuePriorsInputSpec(BaseInterfaceInputSpec):
+    t1w = File(exists=True, mandatory=True, desc="bias-corrected T1w reference")
+    brain_mask = File(exists=True, mandatory=True, desc="brain mask on the T1w grid")
+    template_xfm = File(exists=True, mandatory=True, desc="template → T1w affine (from-<template>_to-T1w)")
+    omp_nthreads = traits.Int(1, usedefault=True, desc="ITK threads")
+
+
+class _TissuePriorsOutputSpec(TraitedSpec):
+    gm_prior = File(exists=True, desc="template grey-matter prior on the T1w grid")
+    wm_prior = File(exists=True, desc="template white-matter prior on the T1w grid")
+    csf_prior = File(exists=True, desc="template CSF prior on the T1w grid")
+
+
+class TissuePriors(SimpleInterface):
+    """Template tissue maps on the T1w grid: affine refined by SyN (:func:`~msynth.segmentation.tissue.write_subject_priors`)."""
+
+    input_spec = _TissuePriorsInputSpec
+    output_spec = _TissuePriorsOutputSpec
+
+    def _run_interface(self, runtime):
+        limit_threads(self.inputs.omp_nthreads)
+        priors = write_subject_priors(self.inputs.t1w, self.inputs.brain_mask, template_xfm=self.inputs.template_xfm,
+                                      newpath=runtime.cwd)
+        self._results.update(gm_prior=str(priors.gm), wm_prior=str(priors.wm), csf_prior=str(priors.csf))
+        return runtime
 
 
 class _SegmentTissuesInputSpec(BaseInterfaceInputSpec):
     t1w = File(exists=True, mandatory=True, desc="bias-corrected T1w reference")
     brain_mask = File(exists=True, mandatory=True, desc="brain mask on the T1w grid")
-    template_xfm = File(exists=True, mandatory=True, desc="template → T1w affine (from-<template>_to-T1w)")
+    gm_prior = File(exists=True, mandatory=True, desc="grey-matter prior on the T1w grid")
+    wm_prior = File(exists=True, mandatory=True, desc="white-matter prior on the T1w grid")
+    csf_prior = File(exists=True, mandatory=True, desc="CSF prior on the T1w grid")
     lesion_mask = File(exists=True, desc="lesion mask on the T1w grid; its voxels are filled before segmentation")
     omp_nthreads = traits.Int(1, usedefault=True, desc="ITK threads")
 
@@ -32,8 +61,6 @@ class _SegmentTissuesOutputSpec(TraitedSpec):
     gm = File(exists=True, desc="grey-matter probability")
     wm = File(exists=True, desc="white-matter probability")
     csf = File(exists=True, desc="CSF probability")
-    gm_prior = File(exists=True, desc="template grey-matter prior on the T1w grid")
-    wm_prior = File(exists=True, desc="template white-matter prior on the T1w grid")
     metadata = traits.Dict(desc="method and parameters, for the sidecars")
 
 
@@ -45,13 +72,14 @@ class SegmentTissues(SimpleInterface):
 
     def _run_interface(self, runtime):
         limit_threads(self.inputs.omp_nthreads)
+        priors = SubjectPriors(gm=Path(self.inputs.gm_prior), wm=Path(self.inputs.wm_prior),
+                               csf=Path(self.inputs.csf_prior))
         result = segment_tissues(
-            self.inputs.t1w, self.inputs.brain_mask, template_xfm=self.inputs.template_xfm, newpath=runtime.cwd,
+            self.inputs.t1w, self.inputs.brain_mask, priors=priors, newpath=runtime.cwd,
             lesion_mask=self.inputs.lesion_mask if isdefined(self.inputs.lesion_mask) else None,
             omp_nthreads=self.inputs.omp_nthreads,
         )
-        self._results.update(gm=str(result.gm), wm=str(result.wm), csf=str(result.csf),
-                             gm_prior=str(result.gm_prior), wm_prior=str(result.wm_prior), metadata=result.metadata)
+        self._results.update(gm=str(result.gm), wm=str(result.wm), csf=str(result.csf), metadata=result.metadata)
         return runtime
 
 

@@ -9,7 +9,14 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from msynth.interfaces.bids import DerivativesDataSink
-from msynth.interfaces.masks import DetectLesions, LesionMaskToT1w, LesionStatistics, RegionMasks, SegmentTissues
+from msynth.interfaces.masks import (
+    DetectLesions,
+    LesionMaskToT1w,
+    LesionStatistics,
+    RegionMasks,
+    SegmentTissues,
+    TissuePriors,
+)
 from msynth.utils.derivatives import bids_uri
 from msynth.utils.lesion_masks import GivenLesionMask
 
@@ -79,15 +86,21 @@ def init_masks_wf(
     workflow.__desc__ = _description(lesion_source, given)
     fields = ["t1w_preproc", "brain_mask", "template_xfm", "flair", "lesion_xfm"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(
-        fields=["gm", "wm", "csf", "gm_prior", "wm_prior", "lesion_mask", "nawm", "surrounding_nawm", "distance_to_csf"]), name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=[
+        "gm", "wm", "csf", "gm_prior", "wm_prior", "lesion_mask", "nawm", "surrounding_nawm", "distance_to_csf",
+    ]), name="outputnode")
+    tissue_priors = pe.Node(TissuePriors(omp_nthreads=omp_nthreads), name="tissue_priors", n_procs=omp_nthreads,
+                            mem_gb=3)
     segment_tissues = pe.Node(SegmentTissues(omp_nthreads=omp_nthreads), name="segment_tissues",
                               n_procs=omp_nthreads, mem_gb=3)
+    priors = [("gm_prior", "gm_prior"), ("wm_prior", "wm_prior"), ("csf_prior", "csf_prior")]
     workflow.connect([
-        (inputnode, segment_tissues, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask"),
-                                      ("template_xfm", "template_xfm")]),
-        (segment_tissues, outputnode, [("gm", "gm"), ("wm", "wm"), ("csf", "csf"), ("gm_prior", "gm_prior"),
-                                       ("wm_prior", "wm_prior")]),
+        (inputnode, tissue_priors, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask"),
+                                    ("template_xfm", "template_xfm")]),
+        (inputnode, segment_tissues, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask")]),
+        (tissue_priors, segment_tissues, priors),
+        (segment_tissues, outputnode, [("gm", "gm"), ("wm", "wm"), ("csf", "csf")]),
+        (tissue_priors, outputnode, [("gm_prior", "gm_prior"), ("wm_prior", "wm_prior")]),
     ])  # fmt: skip
 
     sink = {"base_directory": str(output_dir), "source_file": str(t1w), "datatype": "anat"}
@@ -115,11 +128,11 @@ def init_masks_wf(
                                   n_procs=omp_nthreads, mem_gb=3)
         lesion = pe.Node(DetectLesions(), name="detect_lesions", mem_gb=2)
         workflow.connect([
-            (inputnode, initial_tissues, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask"),
-                                          ("template_xfm", "template_xfm")]),
+            (inputnode, initial_tissues, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask")]),
+            (tissue_priors, initial_tissues, priors),
             (inputnode, lesion, [("flair", "flair"), ("brain_mask", "brain_mask")]),
-            (initial_tissues, lesion, [("gm", "gm"), ("wm", "wm"), ("csf", "csf"), ("gm_prior", "gm_prior"),
-                                       ("wm_prior", "wm_prior")]),
+            (initial_tissues, lesion, [("gm", "gm"), ("wm", "wm"), ("csf", "csf")]),
+            (tissue_priors, lesion, [("gm_prior", "gm_prior"), ("wm_prior", "wm_prior")]),
         ])  # fmt: skip
     region_masks = pe.Node(RegionMasks(), name="region_masks", mem_gb=2)
     lesion_statistics = pe.Node(LesionStatistics(), name="lesion_statistics")

@@ -79,6 +79,15 @@ class TemplatePriors:
 
 
 @dataclass(frozen=True)
+class SubjectPriors:
+    """Template tissue priors on a T1w grid, written by :func:`write_subject_priors` (float32, :data:`CLASSES`)."""
+
+    gm: Path
+    wm: Path
+    csf: Path
+
+
+@dataclass(frozen=True)
 class TissueResult:
     """What :func:`segment_tissues` wrote.
 
@@ -89,9 +98,6 @@ class TissueResult:
     filled_t1w
         The T1w that was segmented: lesion voxels replaced by NAWM-like intensities when a lesion mask was given,
         otherwise the input T1w inside the brain mask.
-    gm_prior, wm_prior, csf_prior
-        The template priors on the T1w grid (float32), as given to Atropos; :func:`~msynth.segmentation.lesions.
-        detect_lesions` uses the GM prior to keep lesion seeds away from the cortex.
     metadata
         How the maps were made, for the JSON sidecars.
     """
@@ -100,9 +106,6 @@ class TissueResult:
     wm: Path
     csf: Path
     filled_t1w: Path
-    gm_prior: Path
-    wm_prior: Path
-    csf_prior: Path
     metadata: dict = field(default_factory=dict)
 
 
@@ -235,6 +238,29 @@ def subject_priors(
     return priors
 
 
+def write_subject_priors(
+    t1w: PathOrStr,
+    brain_mask: PathOrStr,
+    *,
+    template_xfm: PathOrStr,
+    newpath: PathOrStr,
+    deformable: bool = True,
+) -> SubjectPriors:
+    """Write :func:`subject_priors` as ``<t1w stem>_label-<GM|WM|CSF>_desc-prior_probseg.nii.gz`` into ``newpath``.
+
+    Computed once per session: both segmentations of the automatic lesion route and the lesion detection use them
+    (:func:`~msynth.segmentation.lesions.detect_lesions` keeps lesion seeds away from the cortex of the GM prior).
+    """
+    newpath = Path(newpath)
+    newpath.mkdir(parents=True, exist_ok=True)
+    ref = nib.load(t1w)
+    priors = subject_priors(t1w, brain_mask, template_xfm=template_xfm, newpath=newpath / "work",
+                            deformable=deformable)
+    gm, wm, csf = (write_like(priors[index], ref, output_path(t1w, newpath, f"label-{label}_desc-prior_probseg"))
+                   for index, label in enumerate(CLASSES))
+    return SubjectPriors(gm=gm, wm=wm, csf=csf)
+
+
 def fill_lesions(
     t1w: np.ndarray,
     lesion: np.ndarray,
@@ -353,11 +379,10 @@ def segment_tissues(
     t1w: PathOrStr,
     brain_mask: PathOrStr,
     *,
-    template_xfm: PathOrStr,
+    priors: SubjectPriors,
     newpath: PathOrStr,
     lesion_mask: PathOrStr | None = None,
     omp_nthreads: int = 1,
-    deformable: bool = True,
     prior_weight: float = PRIOR_WEIGHT,
 ) -> TissueResult:
     """GM, WM and CSF probabilities of a T1w, on a lesion-filled T1w when a lesion mask is given.
@@ -370,8 +395,8 @@ def segment_tissues(
         Bias-corrected T1w reference (whole head or brain).
     brain_mask
         Brain mask on the T1w grid.
-    template_xfm
-        ``from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.mat``.
+    priors
+        Template priors on the T1w grid (:func:`write_subject_priors`).
     newpath
         Output directory.
     lesion_mask
@@ -393,13 +418,17 @@ def segment_tissues(
     if not np.any(brain):
         raise ValueError(f"segment_tissues: the brain mask is empty (file: {brain_mask})")
     image = np.asarray(ref.get_fdata(), dtype=np.float32)
-    priors = subject_priors(t1w, brain_mask, template_xfm=template_xfm, newpath=newpath / "priors",
-                            deformable=deformable)
+    prior_maps = []
+    for label, path in zip(CLASSES, (priors.gm, priors.wm, priors.csf), strict=True):
+        prior_img = nib.load(path)
+        _same_grid(prior_img, ref, f"{label} prior", path)
+        prior_maps.append(np.asarray(prior_img.get_fdata(), dtype=np.float32))
+    priors = np.stack(prior_maps)
 
     lesion = np.zeros_like(brain)
     metadata: dict = {
-        "Method": "ANTs Atropos, 3-class Gaussian mixture with MRF, MNI152 2009a tissue priors (affine)",
-        "PriorWeight": PRIOR_WEIGHT, "MRF": [MRF_SMOOTHING, 1], "Iterations": ATROPOS_ITERATIONS,
+        "Method": "ANTs Atropos, 3-class Gaussian mixture with MRF, MNI152 2009a tissue priors (affine + SyN)",
+        "PriorWeight": prior_weight, "MRF": [MRF_SMOOTHING, 1], "Iterations": ATROPOS_ITERATIONS,
         "Priors": "nilearn MNI152 2009a GM and WM probability maps; CSF = 1 - GM - WM inside the brain mask",
     }
     filled = np.where(brain, image, 0).astype(np.float32)
@@ -428,12 +457,7 @@ def segment_tissues(
         write_like(posteriors[index], ref, output_path(t1w, newpath, f"label-{label}_probseg"))
         for index, label in enumerate(CLASSES)
     ]
-    prior_paths = [
-        write_like(priors[index], ref, output_path(t1w, newpath, f"label-{label}_desc-prior_probseg"))
-        for index, label in enumerate(CLASSES)
-    ]
-    return TissueResult(gm=paths[0], wm=paths[1], csf=paths[2], filled_t1w=filled_path, gm_prior=prior_paths[0],
-                        wm_prior=prior_paths[1], csf_prior=prior_paths[2], metadata=metadata)
+    return TissueResult(gm=paths[0], wm=paths[1], csf=paths[2], filled_t1w=filled_path, metadata=metadata)
 
 
 def _same_grid(img: nib.Nifti1Image, ref: nib.Nifti1Image, what: str, path: PathOrStr) -> None:
