@@ -162,3 +162,9 @@ def test_group_level_records_its_configuration_and_says_it_is_not_there(tiny_bid
     assert "group level: not implemented yet" in capsys.readouterr().err
     (config,) = (out / "logs").glob("msynth-*_config.json")
     assert json.loads(config.read_text())["analysis_level"] == "group"
+
+
+def test_unknown_model_is_refused(tiny_bids, tmp_path, capsys):
+    code = cli.main([str(tiny_bids), str(tmp_path / "out"), "participant", "--model", "no-such-model"])
+    assert code == 1
+    assert "--model no-such-model: neither a shipped model" in capsys.readouterr().err
