@@ -135,3 +135,21 @@ def test_participant_without_the_requested_session_is_not_a_failure(tmp_path, ca
     assert "participant level: 2 of 2 participants finished" in capsys.readouterr().err
     assert [p.name for p in (out / "sub-01").iterdir()] == ["ses-2"]
     assert not (out / "sub-02").exists()
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (lambda shape: np.where(np.indices(shape)[0] < 3, 2.0, 0.0), "lesion mask is not binary"),
+    (lambda shape: np.zeros(shape), "empty"),
+])
+def test_bad_given_lesion_mask_fails_its_participant(tmp_path, capsys, values, message):
+    """A given mask that is not a usable lesion mask stops its participant before any work, naming the file."""
+    bids = write_tiny_bids(tmp_path / "bids", {"01": ["1"]})
+    t1w = nb.load(bids / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz")
+    mask = tmp_path / "lesions" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_space-T1w_label-lesion_mask.nii.gz"
+    mask.parent.mkdir(parents=True)
+    nb.Nifti1Image(values(t1w.shape).astype(np.float32), t1w.affine).to_filename(mask)
+    argv = [str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"), "--skip-bids-validation",
+            "--lesion-masks", str(tmp_path / "lesions")]
+    assert cli.main(argv) == 1
+    summary = capsys.readouterr().err
+    assert "sub-01 FAILED:" in summary and message in summary and mask.name in summary
