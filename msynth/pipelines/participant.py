@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
-from msynth.models.card import ModelCard, read_card
+from msynth.models.card import read_card
 from msynth.models.selection import choose_model, shipped_models
 from msynth.pipelines.anat import init_anat_reference_wf
 from msynth.pipelines.coregistration import SUFFIX, init_coregistration_wf
@@ -102,26 +102,17 @@ def init_session_wf(
     # Every space-T1w image a synthesis model may take, as (workflow, output field).
     preprocessed = {"T1w": (anat_reference_wf, "outputnode.t1w_preproc")}
     preprocessed.update({key: (wf, "outputnode.preproc") for key, wf in coregistration_wfs.items()})
-    synthesis = _flair_synthesis_wf(data=data, models=models, available=set(preprocessed), bids_dir=bids_dir,
-                                    output_dir=output_dir, omp_nthreads=omp_nthreads, device=device, saliency=saliency)
-    synthesis_wf = None
-    if synthesis is not None:
-        synthesis_wf, card = synthesis
-        workflow.connect([
-            (anat_reference_wf, synthesis_wf, [("outputnode.brain_mask", "inputnode.brain_mask")]),
-            *[(preprocessed[key][0], synthesis_wf, [(preprocessed[key][1], f"inputnode.{key}")])
-              for key in card.inputs],
-        ])  # fmt: skip
-    if "FLAIR" in preprocessed:
-        flair = preprocessed["FLAIR"]
-    elif synthesis_wf is not None:
+    synthesis_wf = _add_flair_synthesis_wf(workflow, data=data, preprocessed=preprocessed, models=models,
+                                           anat_reference_wf=anat_reference_wf, bids_dir=bids_dir,
+                                           output_dir=output_dir, omp_nthreads=omp_nthreads, device=device,
+                                           saliency=saliency)
+    flair = preprocessed.get("FLAIR")
+    if flair is None and synthesis_wf is not None:
         flair = (synthesis_wf, "outputnode.synthetic_flair")
-    else:
-        flair = None
     masks_wf = _add_masks_wf(workflow, data=data, bids_dir=bids_dir, output_dir=output_dir,
                              omp_nthreads=omp_nthreads, anat_reference_wf=anat_reference_wf, template_wf=template_wf,
                              coregistration_wfs=coregistration_wfs, flair=flair)
-    if synthesis_wf is not None and "FLAIR" in preprocessed:
+    if synthesis_wf is not None and "FLAIR" in preprocessed:  # evaluate the synthetic FLAIR against the acquired one
         workflow.connect([
             (coregistration_wfs["FLAIR"], synthesis_wf, [("outputnode.preproc", "inputnode.flair")]),
             (masks_wf, synthesis_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in (
@@ -151,35 +142,42 @@ def init_session_wf(
     return workflow
 
 
-def _flair_synthesis_wf(
+def _add_flair_synthesis_wf(
+    workflow: pe.Workflow,
     *,
     data: SessionData,
+    preprocessed: dict[str, tuple[pe.Workflow, str]],
     models: list[Path],
-    available: set[str],
+    anat_reference_wf: pe.Workflow,
     bids_dir: Path,
     output_dir: Path,
     omp_nthreads: int,
     device: str,
     saliency: bool,
-) -> tuple[pe.Workflow, ModelCard] | None:
-    """The FLAIR synthesis workflow and card of the model chosen for this session, or None (the reason logged)."""
+) -> pe.Workflow | None:
+    """Add FLAIR synthesis with the model chosen for this session, fed its space-T1w inputs; None (the reason
+    logged) when no model can run."""
     candidates = [model for model in models or shipped_models() if read_card(model).output == "FLAIR"]
     if not candidates:
         LOGGER.info("%s: FLAIR synthesis skipped: no FLAIR model %s", data.label,
                     "among --model" if models else "is shipped; train one with msynth-train flair")
         return None
-    model_dir = choose_model(candidates, available)
+    model_dir = choose_model(candidates, preprocessed)
     if model_dir is None:
         needs = "; ".join(f"{path.name}: {'+'.join(read_card(path).inputs)}" for path in candidates)
         LOGGER.info("%s: FLAIR synthesis skipped: no model's inputs are all present (session has %s; models need %s)",
-                    data.label, ", ".join(sorted(available)), needs)
+                    data.label, ", ".join(sorted(preprocessed)), needs)
         return None
     card = read_card(model_dir)
     LOGGER.info("%s: FLAIR synthesis with %s (inputs %s)", data.label, card.name, "+".join(card.inputs))
     synthesis_wf = init_flair_synthesis_wf(model_dir=model_dir, card=card, t1w=data.files["T1w"], bids_dir=bids_dir,
                                            output_dir=output_dir, device=device, omp_nthreads=omp_nthreads,
                                            saliency=saliency, evaluate="FLAIR" in data.files)
-    return synthesis_wf, card
+    workflow.connect([
+        (anat_reference_wf, synthesis_wf, [("outputnode.brain_mask", "inputnode.brain_mask")]),
+        *[(preprocessed[key][0], synthesis_wf, [(preprocessed[key][1], f"inputnode.{key}")]) for key in card.inputs],
+    ])  # fmt: skip
+    return synthesis_wf
 
 
 def _add_masks_wf(
