@@ -139,7 +139,7 @@ def test_participant_without_the_requested_session_is_not_a_failure(tmp_path, ca
 
 @pytest.mark.parametrize(("values", "message"), [
     (lambda shape: np.where(np.indices(shape)[0] < 3, 2.0, 0.0), "lesion mask is not binary"),
-    (lambda shape: np.zeros(shape), "empty"),
+    (lambda shape: np.where(np.indices(shape)[0] < 3, 1.0, 0.0) * np.nan, "NaN"),
 ])
 def test_bad_given_lesion_mask_fails_its_participant(tmp_path, capsys, values, message):
     """A given mask that is not a usable lesion mask stops its participant before any work, naming the file."""

@@ -65,9 +65,6 @@ BAD_MASKS = [
     (_shifted,
      "sub-07 ses-02: lesion mask is placed 1.50 mm away from ref_FLAIR.nii.gz, the image it was drawn on (their "
      "affines differ) — save the mask with the header (qform/sform) of the image it was drawn on"),
-    (lambda p: _save(p, np.zeros((10, 12, 8), np.uint8)),
-     "sub-07 ses-02: lesion mask is empty (no lesion voxel) — check that the right file was given, or remove it to "
-     "let msynth detect lesions automatically"),
     (_labels,
      "sub-07 ses-02: lesion mask is not binary: it holds 3 distinct values (0, 1, 2); msynth expects 0 (background) "
      "and 1 (lesion) — threshold a probability map, or merge the labels of a label map, and save 0/1"),
@@ -86,6 +83,15 @@ def test_bad_lesion_mask_message(tmp_path: Path, make, message: str) -> None:
     make(mask)
     with pytest.raises(InputImageError, match=re.escape(f"{message} (file: {mask})")):
         check_lesion_mask(mask, reference)
+
+
+def test_empty_lesion_mask_is_a_warning(tmp_path: Path, caplog) -> None:
+    """A healthy control's mask is empty: accepted, with a warning naming the file in case it is the wrong one."""
+    reference = _save(tmp_path / "ref_FLAIR.nii.gz", np.ones((10, 12, 8), np.float32))
+    mask = _save(tmp_path / MASK_NAME, np.zeros((10, 12, 8), np.uint8))
+    with caplog.at_level("WARNING", logger="msynth.segmentation"):
+        check_lesion_mask(mask, reference)
+    assert "sub-07 ses-02: lesion mask" in caplog.text and "is empty (no lesion voxel)" in caplog.text
 
 
 def test_good_lesion_mask_passes(tmp_path: Path) -> None:

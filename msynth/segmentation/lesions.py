@@ -56,7 +56,8 @@ def check_lesion_mask(mask_file: PathOrStr, reference_file: PathOrStr) -> None:
 
     Checks, in order: the file can be read and is one finite 3-D volume
     (:func:`~msynth.preprocessing.checks.check_image`); its shape and its affine equal the reference's
-    (field-of-view corners within :data:`AFFINE_TOLERANCE_MM`); it holds only 0 and 1; it is not empty.
+    (field-of-view corners within :data:`AFFINE_TOLERANCE_MM`); it holds only 0 and 1. An empty mask is valid (a
+    healthy control's) and only logged as a warning, in case the wrong file was given.
 
     Parameters
     ----------
@@ -100,10 +101,9 @@ def check_lesion_mask(mask_file: PathOrStr, reference_file: PathOrStr) -> None:
             "threshold a probability map, or merge the labels of a label map, and save 0/1",
         )
     if not np.any(data):
-        raise InputImageError(
-            label, mask_path, "is empty (no lesion voxel)",
-            "check that the right file was given, or remove it to let msynth detect lesions automatically",
-        )
+        LOGGER.warning("%s: lesion mask %s is empty (no lesion voxel): the session is treated as lesion-free, as a "
+                       "healthy control's; if it has lesions, check the file, or remove it to let msynth detect "
+                       "lesions automatically", label, mask_path)
 
 
 def binarize_resampled(mask_file: PathOrStr, *, newpath: PathOrStr, threshold: float = 0.5) -> Path:
