@@ -233,3 +233,25 @@ def test_synthesis_metrics_and_saliency(given_run):
 
 def test_given_run_derivatives_validate(given_run):
     assert errors_of(run_validator(given_run[1])) == []
+
+
+def test_session_without_flair_gets_a_synthetic_one_and_its_lesions(phantom_participants, tiny_flair_model,
+                                                                    tmp_path, capsys):
+    """A legacy session without FLAIR: the model predicts it, and the automatic lesion mask is drawn on it."""
+    cohort, _, _ = phantom_participants
+    view = tmp_path / "bids"
+    for path in cohort.bids_dir.rglob("*"):
+        relative = path.relative_to(cohort.bids_dir)
+        if path.is_dir() or "FLAIR" in path.name or relative.parts[0] in ("derivatives", "sub-MS02"):
+            continue
+        (view / relative).parent.mkdir(parents=True, exist_ok=True)
+        (view / relative).symlink_to(path)
+    out = tmp_path / "out"
+    argv = [str(view), str(out), "participant", "-w", str(tmp_path / "work"), "--session-label", SES, "--nprocs", "2",
+            "--model", str(tiny_flair_model), "--skip-bids-validation"]
+    assert cli.main(argv) == 0
+    assert "lesions are detected automatically on the synthetic FLAIR" in capsys.readouterr().err
+    assert _path(out, "anat", "space-T1w_desc-synth_FLAIR.nii.gz").is_file()
+    assert not _path(out, "anat", "space-T1w_desc-synthFLAIR_metrics.tsv").exists()  # nothing to compare with
+    sidecar = json.loads(_path(out, "anat", "space-T1w_label-lesion_mask.json").read_text())
+    assert sidecar["LesionMaskSource"] == "automatic"
