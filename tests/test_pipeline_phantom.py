@@ -235,9 +235,11 @@ def test_given_run_derivatives_validate(given_run):
     assert errors_of(run_validator(given_run[1])) == []
 
 
-def test_session_without_flair_gets_a_synthetic_one_and_its_lesions(phantom_participants, tiny_flair_model,
-                                                                    tmp_path, capsys):
-    """A legacy session without FLAIR: the model predicts it, and the automatic lesion mask is drawn on it."""
+def test_session_without_flair_gets_a_synthetic_one_and_its_lesions(phantom_participants, tmp_path, capsys):
+    """A legacy session without FLAIR: a shipped model predicts it, and the automatic lesion mask is drawn on it.
+
+    The model (T1w + T2w, trained at 2 mm) runs on its own grid, and its prediction comes back to the 4 mm T1w grid.
+    """
     cohort, _, _ = phantom_participants
     view = tmp_path / "bids"
     for path in cohort.bids_dir.rglob("*"):
@@ -248,10 +250,14 @@ def test_session_without_flair_gets_a_synthetic_one_and_its_lesions(phantom_part
         (view / relative).symlink_to(path)
     out = tmp_path / "out"
     argv = [str(view), str(out), "participant", "-w", str(tmp_path / "work"), "--session-label", SES, "--nprocs", "2",
-            "--model", str(tiny_flair_model), "--skip-bids-validation"]
+            "--model", "flair-fcn-lesjak-t1t2", "--skip-bids-validation"]
     assert cli.main(argv) == 0
     assert "lesions are detected automatically on the synthetic FLAIR" in capsys.readouterr().err
-    assert _path(out, "anat", "space-T1w_desc-synth_FLAIR.nii.gz").is_file()
+    synthetic = nb.load(_path(out, "anat", "space-T1w_desc-synth_FLAIR.nii.gz"))
+    t1w = nb.load(_path(cohort.bids_dir, "anat", "T1w.nii.gz"))
+    assert synthetic.shape == t1w.shape and np.allclose(synthetic.affine, t1w.affine)
+    brain = _data(out, "anat", "space-T1w_desc-brain_mask.nii.gz") > 0
+    assert synthetic.get_fdata()[brain].mean() > 0
     assert not _path(out, "anat", "space-T1w_desc-synthFLAIR_metrics.tsv").exists()  # nothing to compare with
     sidecar = json.loads(_path(out, "anat", "space-T1w_label-lesion_mask.json").read_text())
     assert sidecar["LesionMaskSource"] == "automatic"

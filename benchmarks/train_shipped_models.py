@@ -1,0 +1,237 @@
+"""Reproduce every FLAIR-synthesis model shipped in ``msynth/models/weights/`` from scratch.
+
+Usage::
+
+    .venv/bin/python benchmarks/train_shipped_models.py --scratch /tmp/msynth-shipped [--stage STAGE ...]
+
+Stages (default: all, in this order):
+
+``phantom``
+    Generates the training phantom cohort (``generate_cohort``: 2 controls, 8 patients, ``--voxel-size 4``,
+    seed 2026) and runs the participant level on session 01 (``msynth … participant --session-label 01
+    --lesion-masks <bids>/derivatives/lesions``). DWI, PET and MTR are filtered out with ``--bids-filter-file``:
+    the FLAIR models do not use them, and they would double the run time on this 2-core machine.
+``lesjak``
+    Builds a BIDS view (symlinks, never copies) of the real MS patients ``cross_sectional/MNI/patient07`` and
+    ``patient19`` of ``../shared/data/open_ms_data`` (Lesjak et al. 2018, CC-BY; skull-stripped, bias-corrected,
+    1 mm MNI space): ``sub-P07``/``sub-P19`` with T1w (sidecar ``SkullStripped: true``), T2w and FLAIR, and the
+    consensus lesion masks as a ``--lesion-masks`` derivative; then runs the participant level on it.
+``train``
+    Runs ``msynth-train flair`` with the exact arguments of :data:`MODELS` (recorded in each model card) and
+    writes ``msynth/models/weights/<name>/``.
+
+Why 4 mm, 32 features, Adam and at most 30 epochs: this machine has 2 CPU cores shared with other jobs, and the whole set
+(participant level, 5-fold cross-validation and final model of the 5-input phantom model, 5 subset models, 2-fold
+of the real-data model) had to fit in about an hour. A 4 mm phantom volume is ~48x60x50 voxels; FCN-32 costs about
+a quarter of FCN-64 (paper 001) per voxel (benchmarks/results/flair_methods.md compares the widths).
+The real-data model trains at ``--voxel-size 2`` (the participant level still runs at the data's 1 mm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WEIGHTS = ROOT / "msynth" / "models" / "weights"
+OPEN_MS = ROOT.parent / "shared" / "data" / "open_ms_data"
+
+PHANTOM = {"n_controls": 2, "n_patients": 8, "voxel_size": 4.0, "seed": 2026}
+PHANTOM_SOURCE = ("msynth-phantom synthetic MS cohort: generate_cohort(n_controls=2, n_patients=8, voxel_size=4, "
+                  "seed=2026), session 01, participant level of msynth")
+LESJAK_PATIENTS = {"P07": "patient07", "P19": "patient19"}
+LESJAK_SOURCE = ("open_ms_data (muschellij2/open_ms_data), cross_sectional/MNI patient07 and patient19: "
+                 "skull-stripped, bias-corrected, 1 mm MNI space; participant level of msynth")
+LESJAK_LICENSE = "CC-BY (Creative Commons Attribution)"
+LESJAK_CITATION = (
+    "Lesjak Z, Galimzianova A, Koren A, Lukin M, Pernus F, Likar B, Spiclin Z. A Novel Public MR Image Dataset of "
+    "Multiple Sclerosis Patients With Lesion Segmentations Based on Multi-rater Consensus. Neuroinformatics "
+    "16:51-63 (2018), doi:10.1007/s12021-017-9348-7")
+
+#: shared training arguments of the phantom models. 4 mm volumes are ~48x60x50 voxels, so a 32^3 patch is a good
+#: part of a brain; Adam 1e-3 instead of paper 001's plain SGD 5e-4, which needs far more steps than fit here.
+PHANTOM_TRAINING = ["--features", "32", "--optimizer", "adam", "--lr", "1e-3", "--epochs", "30", "--patch-size", "32",
+                    "--patches-per-session", "4", "--seed", "42", "--device", "cpu", "--nprocs", "2"]
+#: the 5-input model is cross-validated (5 folds over subjects); the subset models are not (time), --folds 0 stops
+#: early on an inner subject split
+PHANTOM_FOLDS = {"flair-fcn-phantom": "5"}
+#: (name, inputs) of the phantom models: all five inputs, then the subsets of paper 001 Table 4c
+PHANTOM_MODELS = [
+    ("flair-fcn-phantom", ["T1w", "T2w", "PDw", "T1SE", "DIR"]),
+    ("flair-fcn-phantom-t1w-dir", ["T1w", "DIR"]),
+    ("flair-fcn-phantom-t2w-dir", ["T2w", "DIR"]),
+    ("flair-fcn-phantom-t1w-t2w", ["T1w", "T2w"]),
+    ("flair-fcn-phantom-t1w-t2w-dir", ["T1w", "T2w", "DIR"]),
+    ("flair-fcn-phantom-t1w-t2w-pdw", ["T1w", "T2w", "PDw"]),
+]
+#: 2 patients: leave-one-patient-out (2 folds); a fold has one training patient and so no validation set: it trains
+#: all the epochs, and the final model as many
+LESJAK_TRAINING = ["--features", "32", "--optimizer", "adam", "--lr", "1e-3", "--folds", "2", "--epochs", "20",
+                   "--patch-size", "48", "--patches-per-session", "4", "--voxel-size", "2", "--seed", "42",
+                   "--device", "cpu", "--nprocs", "2"]
+
+_NO_DWI_PET_MTR = {"DWI": {"acquisition": "excluded"}, "PET": {"tracer": "excluded"},
+                   "MTR": {"acquisition": "excluded"}}
+
+
+def _run(argv: list[str], log: Path) -> float:
+    """Run a command, its output appended to ``log``; return the wall time (s)."""
+    print("$", shlex.join(argv), flush=True)
+    start = time.perf_counter()
+    with log.open("a") as handle:
+        handle.write("$ " + shlex.join(argv) + "\n")
+        handle.flush()
+        subprocess.run(argv, check=True, stdout=handle, stderr=subprocess.STDOUT)
+    elapsed = time.perf_counter() - start
+    print(f"  done in {elapsed:.0f} s", flush=True)
+    return elapsed
+
+
+def participant_command(bids: Path, out: Path, work: Path, *, lesions: Path, filters: Path | None,
+                        sessions: list[str] | None) -> list[str]:
+    """The participant-level command line."""
+    argv = [str(BIN / "msynth"), str(bids), str(out), "participant", "-w", str(work), "--nprocs", "2",
+            "--lesion-masks", str(lesions)]
+    if sessions:
+        argv += ["--session-label", *sessions]
+    if filters is not None:
+        argv += ["--bids-filter-file", str(filters)]
+    return argv
+
+
+def stage_phantom(scratch: Path, log: Path) -> None:
+    """Phantom cohort and its participant level."""
+    from msynth.phantom.cohort import generate_cohort
+
+    folder = scratch / "phantom"
+    folder.mkdir(parents=True, exist_ok=True)
+    bids = folder / "bids"
+    if not (bids / "participants.tsv").is_file():
+        start = time.perf_counter()
+        generate_cohort(bids, **PHANTOM, overwrite=True, n_procs=2)
+        print(f"phantom cohort generated in {time.perf_counter() - start:.0f} s", flush=True)
+    filters = folder / "filter.json"
+    filters.write_text(json.dumps(_NO_DWI_PET_MTR, indent=2))
+    # Only the patients: the phantom's lesion derivative has empty masks for the controls, which the participant
+    # level rejects with --lesion-masks. Two processes (half the patients each, own work folder) keep both cores
+    # busy: the participant level runs one subject at a time.
+    patients = [f"MS{k + 1:02d}" for k in range(PHANTOM["n_patients"])]
+    halves = [patients[: len(patients) // 2], patients[len(patients) // 2:]]
+    running = []
+    for k, labels in enumerate(halves):
+        argv = participant_command(bids, folder / "derivatives", folder / ("work" if k == 0 else f"work{k}"),
+                                   lesions=bids / "derivatives" / "lesions", filters=filters, sessions=["01"])
+        argv += ["--participant-label", *labels]
+        print("$", shlex.join(argv), flush=True)
+        running.append(subprocess.Popen(argv, stdout=(scratch / f"participant-{k}.log").open("a"),
+                                        stderr=subprocess.STDOUT))
+    if any(p.wait() for p in running):
+        raise RuntimeError(f"the phantom participant level failed; see {scratch}/participant-*.log")
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+
+
+def build_lesjak_view(folder: Path, source: Path = OPEN_MS) -> tuple[Path, Path]:
+    """A BIDS view (symlinks) of the two MNI-space Lesjak patients and a lesion-mask derivative; (bids, lesions)."""
+    mni = source / "cross_sectional" / "MNI"
+    bids, lesions = folder / "bids", folder / "lesions"
+    for root in (bids, lesions):
+        root.mkdir(parents=True, exist_ok=True)
+    (bids / "dataset_description.json").write_text(json.dumps({
+        "Name": "open_ms_data cross-sectional MNI (view)", "BIDSVersion": "1.10.0", "DatasetType": "raw",
+        "License": LESJAK_LICENSE, "Authors": ["Lesjak Z", "Galimzianova A", "Koren A", "Lukin M", "Pernus F",
+                                                "Likar B", "Spiclin Z"],
+        "ReferencesAndLinks": [LESJAK_CITATION, "https://github.com/muschellij2/open_ms_data"]}, indent=2))
+    (bids / "README").write_text("Symlinked BIDS view of open_ms_data cross_sectional/MNI patient07 and patient19 "
+                                 "(skull-stripped, bias-corrected, registered to MNI space at 1 mm). CC-BY; cite "
+                                 f"{LESJAK_CITATION}.\n")
+    (bids / "participants.tsv").write_text("participant_id\tage\tsex\tgroup\nsub-P07\t53\tF\tMS\n"
+                                           "sub-P19\t47\tF\tMS\n")
+    (lesions / "dataset_description.json").write_text(json.dumps({
+        "Name": "open_ms_data consensus lesion masks (view)", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "Lesjak et al. 2018 multi-rater consensus"}]}, indent=2))
+    for label, patient in LESJAK_PATIENTS.items():
+        anat = bids / f"sub-{label}" / "anat"
+        for key, prefix in (("T1w", "T1"), ("T2w", "T2"), ("FLAIR", "FLAIR")):
+            _link(mni / patient / f"{prefix}_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+                  anat / f"sub-{label}_{key}.nii.gz")
+            sidecar = {"SkullStripped": True} if key == "T1w" else {}
+            (anat / f"sub-{label}_{key}.json").write_text(json.dumps(sidecar))
+        mask = lesions / f"sub-{label}" / "anat" / f"sub-{label}_space-FLAIR_label-lesion_mask.nii.gz"
+        _link(mni / patient / "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz", mask)
+        mask.with_name(mask.name.replace(".nii.gz", ".json")).write_text(json.dumps({
+            "Description": "multi-rater consensus lesion mask (Lesjak et al. 2018)", "Type": "Lesion",
+            "SpatialReference": f"bids:raw:sub-{label}/anat/sub-{label}_FLAIR.nii.gz"}))
+    return bids, lesions
+
+
+def stage_lesjak(scratch: Path, log: Path) -> None:
+    """BIDS view of the real patients and their participant level."""
+    folder = scratch / "lesjak"
+    bids, lesions = build_lesjak_view(folder)
+    _run(participant_command(bids, folder / "derivatives", folder / "work", lesions=lesions, filters=None,
+                             sessions=None), log)
+
+
+def train_commands(scratch: Path, models: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """(name, msynth-train argv) of every shipped model."""
+    commands = []
+    for name, inputs in PHANTOM_MODELS:
+        commands.append((name, [
+            str(BIN / "msynth-train"), "flair", "--derivatives", str(scratch / "phantom" / "derivatives"),
+            "--inputs", *inputs, "--name", name, "--out", str(scratch / "models" / name),
+            "-w", str(scratch / "train-work" / name), *PHANTOM_TRAINING, "--folds", PHANTOM_FOLDS.get(name, "0"),
+            "--data-source", PHANTOM_SOURCE, "--data-license", "CC0 (synthetic)",
+            "--data-citation", "msynth phantom (docs/phantom.md)"]))
+    commands.append(("flair-fcn-lesjak-t1t2", [
+        str(BIN / "msynth-train"), "flair", "--derivatives", str(scratch / "lesjak" / "derivatives"),
+        "--inputs", "T1w", "T2w", "--name", "flair-fcn-lesjak-t1t2",
+        "--out", str(scratch / "models" / "flair-fcn-lesjak-t1t2"),
+        "-w", str(scratch / "train-work" / "flair-fcn-lesjak-t1t2"), *LESJAK_TRAINING,
+        "--data-source", LESJAK_SOURCE, "--data-license", LESJAK_LICENSE, "--data-citation", LESJAK_CITATION]))
+    return [(n, c) for n, c in commands if models is None or n in models]
+
+
+def stage_train(scratch: Path, log: Path, models: list[str] | None) -> None:
+    """Train the models and copy card and weights into the package."""
+    import shutil
+
+    for name, argv in train_commands(scratch, models):
+        _run(argv, log)
+        target = WEIGHTS / name
+        target.mkdir(parents=True, exist_ok=True)
+        for file in ("model_card.json", "model.pt"):
+            shutil.copy2(scratch / "models" / name / file, target / file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scratch", type=Path, required=True, help="scratch folder (data views, outputs, work)")
+    parser.add_argument("--stage", nargs="+", choices=("phantom", "lesjak", "train"),
+                        default=["phantom", "lesjak", "train"])
+    parser.add_argument("--models", nargs="+", default=None, help="train only these models")
+    args = parser.parse_args(argv)
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    log = args.scratch / "train_shipped_models.log"
+    if "phantom" in args.stage:
+        stage_phantom(args.scratch, log)
+    if "lesjak" in args.stage:
+        stage_lesjak(args.scratch, log)
+    if "train" in args.stage:
+        stage_train(args.scratch, log, args.models)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

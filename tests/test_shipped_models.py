@@ -1,0 +1,125 @@
+"""The FLAIR-synthesis models shipped in ``msynth/models/weights/``: cards, weights, size, and accuracy.
+
+The accuracy test runs the 5-input phantom model on a fresh 4 mm phantom patient (seed 9001, never used in
+training: the training cohort is seed 2026, ``benchmarks/train_shipped_models.py``). To stay fast it does not run
+the participant level: each input is brought onto the T1w grid through the phantom's true transform and N4-corrected
+inside the true brain mask, the lesion mask is the truth, and NAWM is the truth WM probability >= 0.5 minus lesions
+(:func:`msynth.segmentation.regions.nawm_mask`).
+
+The bounds are the numbers measured when the model was trained (``benchmarks/results/shipped_models.md``) less a
+small margin for platform differences. They are below issue 6's target (SSIM >= 0.90, synthetic Ratio 1 >= 0.85 of
+the acquired): the shipped 4 mm FCN-32 reaches SSIM 0.875 here, and its Ratio 1 (0.985) shows no lesion contrast;
+it meets 0.85 of the acquired ratio only because the acquired contrast of this session's 14 lesion voxels is itself
+low at 4 mm (1.149).
+
+The test takes 12 s on this project's 2-core machine when idle (104 s at load average 8.5).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from msynth.models.card import channels_of, read_card
+from msynth.models.inference import load_model, shipped_models
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "msynth" / "models" / "weights"
+MODALITY_KEYS = {"T1w", "T2w", "PDw", "FLAIR", "T1SE", "DIR", "MTR", "DWI", "PET"}
+#: raw BIDS name of each phantom key, and the truth transform of each key (T1w is the reference)
+RAW = {"T1w": "T1w", "T2w": "T2w", "PDw": "PDw", "T1SE": "acq-SE_T1w", "DIR": "acq-DIR_T2w", "FLAIR": "FLAIR"}
+MAX_TOTAL_MB = 50
+
+MODEL_DIRS = sorted(p for p in WEIGHTS.iterdir() if (p / "model_card.json").is_file()) if WEIGHTS.is_dir() else []
+
+
+def test_models_are_shipped():
+    names = {p.name for p in MODEL_DIRS}
+    assert {"flair-fcn-phantom", "flair-fcn-lesjak-t1t2"} <= names
+    assert {p.name for p in shipped_models()} >= names
+
+
+@pytest.mark.parametrize("model_dir", MODEL_DIRS, ids=lambda p: p.name)
+def test_card_reads_and_weights_load(model_dir):
+    card = read_card(model_dir)
+    assert card.name == model_dir.name
+    assert card.output == "FLAIR"
+    assert set(card.inputs) <= MODALITY_KEYS and card.inputs
+    assert "msynth-train flair" in card.training.command
+    assert card.training.data_source and card.training.data_license
+    _, model = load_model(model_dir)
+    channels = len(channels_of(card.inputs))
+    x = np.zeros((1, channels, 16, 16, 16), np.float32)
+    import torch
+
+    with torch.no_grad():
+        assert model(torch.from_numpy(x)).shape == (1, 1, 16, 16, 16)
+
+
+def test_total_size_under_limit():
+    total = sum(f.stat().st_size for p in MODEL_DIRS for f in p.iterdir() if f.is_file())
+    assert total < MAX_TOTAL_MB * 2**20, f"shipped weights take {total / 2**20:.1f} MB"
+
+
+def _prepare_session(root: Path) -> tuple[dict[str, Path], Path, Path, Path]:
+    """A fresh 4 mm phantom patient's ses-01 on its T1w grid: (images, brain mask, lesion mask, WM probseg)."""
+    from msynth.phantom.cohort import generate_cohort
+    from msynth.preprocessing.bias import n4_correct
+    from msynth.preprocessing.registration import apply_transform
+
+    cohort = generate_cohort(root / "bids", n_controls=0, n_patients=1, voxel_size=4.0, seed=9001)
+    label = "sub-MS01_ses-01"
+    anat = cohort.bids_dir / "sub-MS01" / "ses-01" / "anat"
+    truth = cohort.truth_dir / "sub-MS01" / "ses-01" / "anat"
+    mask = truth / f"{label}_space-T1w_desc-brain_mask.nii.gz"
+    t1w = anat / f"{label}_T1w.nii.gz"
+    images = {}
+    for key, name in RAW.items():
+        raw = anat / f"{label}_{name}.nii.gz"
+        if key != "T1w":
+            raw = apply_transform(raw, t1w, truth / f"{label}_from-{key}_to-T1w_mode-image_xfm.mat",
+                                  newpath=root / "prep", suffix="t1w")
+        images[key] = Path(n4_correct(raw, newpath=root / "prep", mask=mask).corrected)
+    return (images, mask, truth / f"{label}_space-T1w_label-lesion_mask.nii.gz",
+            truth / f"{label}_space-T1w_label-WM_probseg.nii.gz")
+
+
+@pytest.mark.slow
+def test_phantom_model_on_a_fresh_session(tmp_path):
+    import torch
+
+    from msynth.analysis.metrics import ratio1, ssim
+    from msynth.models.data import array_statistics, normalise
+    from msynth.models.inference import predict_volume, synthesize
+    from msynth.segmentation.regions import nawm_mask
+
+    model_dir = WEIGHTS / "flair-fcn-phantom"
+    images, mask_file, lesion_file, wm_file = _prepare_session(tmp_path)
+    brain = np.asarray(nib.load(mask_file).dataobj) > 0
+    lesion = (np.asarray(nib.load(lesion_file).dataobj) > 0) & brain
+    nawm = nawm_mask(np.asarray(nib.load(wm_file).dataobj), lesion, brain)
+    acquired = np.asarray(nib.load(images["FLAIR"]).dataobj, dtype=np.float64) * brain
+
+    # the public path: a synthetic FLAIR file in the card's units (cohort FLAIR statistics)
+    out = synthesize(model_dir, images, mask_file, newpath=tmp_path / "synth", device="cpu")
+    synthetic = np.asarray(nib.load(out).dataobj, dtype=np.float64)
+    assert synthetic.shape == brain.shape and np.all(synthetic[~brain] == 0)
+
+    # as in the card's cross-validation: de-normalised with the acquired FLAIR's own brain statistics
+    card, model = load_model(model_dir)
+    x = normalise(np.stack([np.asarray(nib.load(images[k]).dataobj, np.float32) for k in card.inputs]), brain,
+                  channels_of(card.inputs), card.normalisation, card.intensity_normalisation)
+    with torch.no_grad():
+        z = predict_volume(model, x, window=96, overlap=0.5, device="cpu")[0]
+    stats = array_statistics(acquired[None], brain, ["FLAIR"])["FLAIR"]
+    predicted = np.clip(z * stats.std + stats.mean, 0, None) * brain
+
+    # measured 2026-11-30 (see the module docstring): SSIM 0.875; Ratio 1 acquired 1.149, synthetic file 0.985,
+    # prediction 0.992 (0.857 and 0.864 of the acquired) — this session has 14 lesion voxels at 4 mm
+    ratio_acquired = ratio1(acquired, lesion, nawm)
+    assert ratio_acquired == pytest.approx(1.149, abs=0.01)
+    assert ssim(predicted, acquired, brain) >= 0.86
+    assert ratio1(synthetic, lesion, nawm) >= 0.83 * ratio_acquired
+    assert ratio1(predicted, lesion, nawm) >= 0.83 * ratio_acquired
