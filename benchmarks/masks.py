@@ -57,7 +57,8 @@ def route_metrics(bids: Path, truth: Path, lesions: Path, out: Path, scratch: Pa
     return {
         "WM_dice": _dice(_mask(out / anat / f"{STEM}_space-T1w_label-WM_probseg.nii.gz"),
                          _mask(truth / anat / f"{STEM}_space-T1w_label-WM_probseg.nii.gz")),
-        "lesion_dice_vs_truth": _dice(estimated_lesions, _mask(truth / anat / f"{STEM}_space-T1w_label-lesion_mask.nii.gz")),
+        "lesion_dice_vs_truth": _dice(estimated_lesions,
+                                      _mask(truth / anat / f"{STEM}_space-T1w_label-lesion_mask.nii.gz")),
         "lesion_dice_vs_expert_true_transform": _dice(estimated_lesions, _mask(expert_in_t1w)),
         "nawm_voxels_in_lesions": int((nawm & estimated_lesions).sum()),
     }
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     bids = args.scratch / "phantom"
     if not (bids / "dataset_description.json").is_file():
         generate_cohort(bids, n_controls=0, n_patients=1, voxel_size=args.voxel_size, seed=11, overwrite=True)
-    truth, lesions, work = args.scratch / "phantom-truth", bids / "derivatives" / "lesions", args.scratch / "phantom_work"
+    truth, work = args.scratch / "phantom-truth", args.scratch / "phantom_work"
+    lesions = bids / "derivatives" / "lesions"
     rows, walls = {}, {}
     for route, extra in (("automatic", []), ("given", ["--lesion-masks", str(lesions)])):
         out = args.scratch / f"masks_{route}_out"

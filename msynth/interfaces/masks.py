@@ -13,8 +13,8 @@ from msynth.segmentation.lesions import (
     check_lesion_mask,
     detect_lesions,
     lesion_statistics,
-    load_parameters,
     lesion_summary,
+    load_parameters,
 )
 from msynth.segmentation.regions import region_masks
 from msynth.segmentation.tissue import SubjectPriors, segment_tissues, write_subject_priors
@@ -34,7 +34,10 @@ class _TissuePriorsOutputSpec(TraitedSpec):
 
 
 class TissuePriors(SimpleInterface):
-    """Template tissue maps on the T1w grid: affine refined by SyN (:func:`~msynth.segmentation.tissue.write_subject_priors`)."""
+    """Template tissue maps on the T1w grid, the affine refined by SyN.
+
+    See :func:`msynth.segmentation.tissue.write_subject_priors`.
+    """
 
     input_spec = _TissuePriorsInputSpec
     output_spec = _TissuePriorsOutputSpec

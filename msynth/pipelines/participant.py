@@ -59,7 +59,8 @@ def init_participant_wf(
         workflow.add_nodes([
             init_session_wf(
                 data=data, bids_dir=bids_dir, output_dir=output_dir, omp_nthreads=omp_nthreads, device=device,
-                models=models, saliency=saliency, name=f"ses_{data.session}_wf" if data.session else "single_session_wf",
+                models=models, saliency=saliency,
+                name=f"ses_{data.session}_wf" if data.session else "single_session_wf",
             )
         ])  # fmt: skip
     return workflow

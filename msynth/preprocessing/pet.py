@@ -35,7 +35,8 @@ J Cereb Blood Flow Metab 21:203, 2001). On a 1 mm phantom session with HRRT-like
 region and transform (``benchmarks/pet_estimator.py``, ``benchmarks/results/pet_estimator_1mm.md``), the mean DVR was
 11 % low in white matter and 32 % low in grey matter with the graphical fit, 3.9 % and 6.8 % low with the
 multilinear one (noise-free: 4.4 % and 2.1 % low with either, the scanner's partial-volume blur). Voxels where the
-multilinear fit is undefined (γ₂ ≥ 0, noise dominating) are set to 0. ``estimator='multilinear'`` is the default, ``'graphical'`` the plot of Logan 1996.
+multilinear fit is undefined (γ₂ ≥ 0, noise dominating) are set to 0. ``estimator='multilinear'`` is the default,
+``'graphical'`` the plot of Logan 1996.
 
 Times are in minutes from the injection: ``FrameTimesStart − InjectionStart`` (BIDS-PET, seconds, relative to
 ``TimeZero``). Integrals are trapezoids over the frame mid-times from ``(0, 0)`` (no activity at injection).
