@@ -14,7 +14,8 @@ from msynth.models import inference
 from msynth.models.card import (
     WEIGHTS_NAME, ModelCard, Normalisation, TrainingRecord, channels_of, hash_subject, write_card,
 )
-from msynth.models.inference import choose_model, predict_volume, select_device, shipped_models, synthesize
+from msynth.models.inference import predict_volume, select_device, synthesize
+from msynth.models.selection import choose_model, shipped_models
 from msynth.models.networks import FCN3D, UNet3D, build_network
 from msynth.models.saliency import p3s_maps, write_p3s_maps
 

@@ -24,15 +24,15 @@ import numpy as np
 import pytest
 
 from msynth.models.card import channels_of, read_card
-from msynth.models.inference import load_model, shipped_models
+from msynth.models.inference import load_model
+from msynth.models.selection import WEIGHTS_DIR, shipped_models
+from msynth.utils.bids import MODALITY_KEYS
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "msynth" / "models" / "weights"
-MODALITY_KEYS = {"T1w", "T2w", "PDw", "FLAIR", "T1SE", "DIR", "MTR", "DWI", "PET"}
 #: raw BIDS name of each phantom key, and the truth transform of each key (T1w is the reference)
 RAW = {"T1w": "T1w", "T2w": "T2w", "PDw": "PDw", "T1SE": "acq-SE_T1w", "DIR": "acq-DIR_T2w", "FLAIR": "FLAIR"}
 MAX_TOTAL_MB = 50
 
-MODEL_DIRS = sorted(p for p in WEIGHTS.iterdir() if (p / "model_card.json").is_file()) if WEIGHTS.is_dir() else []
+MODEL_DIRS = shipped_models()
 
 
 def test_models_are_shipped():
@@ -46,7 +46,7 @@ def test_card_reads_and_weights_load(model_dir):
     card = read_card(model_dir)
     assert card.name == model_dir.name
     assert card.output == "FLAIR"
-    assert set(card.inputs) <= MODALITY_KEYS and card.inputs
+    assert set(card.inputs) <= set(MODALITY_KEYS) and card.inputs
     assert "msynth-train flair" in card.training.command
     assert card.training.data_source and card.training.data_license
     _, model = load_model(model_dir)
@@ -95,7 +95,7 @@ def test_phantom_model_on_a_fresh_session(tmp_path):
     from msynth.models.inference import predict_volume, synthesize
     from msynth.segmentation.regions import nawm_mask
 
-    model_dir = WEIGHTS / "flair-fcn-phantom"
+    model_dir = WEIGHTS_DIR / "flair-fcn-phantom"
     images, mask_file, lesion_file, wm_file = _prepare_session(tmp_path)
     brain = np.asarray(nib.load(mask_file).dataobj) > 0
     lesion = (np.asarray(nib.load(lesion_file).dataobj) > 0) & brain

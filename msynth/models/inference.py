@@ -25,12 +25,8 @@ from torch import nn
 
 from msynth.models.card import CARD_NAME, WEIGHTS_NAME, ModelCard, channels_of, read_card
 from msynth.models.data import normalise
-from msynth.models.selection import WEIGHTS_DIR, choose_model, shipped_models
 
-__all__ = [
-    "load_model", "predict_volume", "read_inputs", "receptive_halo", "select_device", "shipped_models", "choose_model",
-    "synthesize", "WEIGHTS_DIR",
-]
+__all__ = ["load_model", "predict_volume", "read_inputs", "receptive_halo", "select_device", "synthesize"]
 
 LOGGER = logging.getLogger("msynth.models")
 

@@ -159,6 +159,8 @@ def init_flair_synthesis_wf(
             workflow.connect([(inputnode, synthesize, [("flair", "target")])])
 
     if evaluate:
+        # Both automatic masks of the lesion Dice come from the same (final) tissue maps, so they differ only by the
+        # FLAIR they were drawn on; the masks workflow's own mask may be given, or drawn with the unfilled tissues.
         detect_synthetic = pe.Node(DetectLesions(), name="detect_synthetic_lesions", mem_gb=2)
         detect_acquired = pe.Node(DetectLesions(), name="detect_acquired_lesions", mem_gb=2)
         metrics = pe.Node(SynthesisMetrics(), name="metrics", mem_gb=2)
