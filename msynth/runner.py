@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,10 +123,7 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
             "remove_unnecessary_outputs": False,
         }
     )
-    plugin, plugin_args = (
-        ("Linear", {}) if config.nprocs == 1
-        else ("MultiProc", {"n_procs": config.nprocs, "raise_insufficient": False})
-    )
+    plugin, plugin_args = ("Linear", {}) if config.nprocs == 1 else ("MultiProc", multiproc_arguments(config.nprocs))
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
@@ -137,6 +135,21 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
     published = publish_staged(staging, config.output_dir)
     LOGGER.info("sub-%s finished: %d files written to %s", label, len(published), config.output_dir)
     return ParticipantOutcome(label=label, ok=True, published=published)
+
+
+def multiproc_arguments(n_procs: int) -> dict:
+    """Arguments of Nipype's MultiProc plugin.
+
+    Workers are forked, so that they inherit the console and log-file handlers and the nodes' messages reach the
+    user. Once torch has run in this process (msynth used as a library after training or inference, as in the test
+    suite), forked workers can hang on its OpenMP thread pool; the workers then start from a fresh forkserver process
+    instead, whose node messages stay in the nodes' own reports.
+    """
+    arguments = {"n_procs": n_procs, "raise_insufficient": False}
+    if "torch" in sys.modules:
+        LOGGER.debug("torch is loaded in this process: Nipype workers start from a forkserver")
+        arguments["mp_context"] = "forkserver"
+    return arguments
 
 
 def _crash_reason(crash_file: Path) -> str:

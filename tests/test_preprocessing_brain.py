@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
-from msynth.preprocessing.brain import deepbet_mask, extract_brain, is_skull_stripped, support_mask
+from msynth.preprocessing.bias import n4_correct
+from msynth.preprocessing.brain import (
+    deepbet_mask,
+    extract_brain,
+    is_skull_stripped,
+    refine_brain_mask,
+    support_mask,
+)
 from msynth.preprocessing.registration import apply_transform, invert, register_to_reference
 from msynth.preprocessing.resample import resample_to_grid, target_grid
 
@@ -117,3 +124,34 @@ def test_cuda_request_without_gpu_fails_clearly(head):
         pytest.skip("a CUDA GPU is present")
     with pytest.raises(RuntimeError, match='device "cuda" was requested but torch sees no CUDA GPU'):
         deepbet_mask(head, device="cuda")
+
+
+@pytest.mark.slow
+def test_refined_mask_matches_phantom_brain(tmp_path):
+    """deepbet + N4 + envelope refinement on a 2 mm phantom T1w, against the phantom's brain mask.
+
+    deepbet keeps extracerebral CSF that the phantom's brain (grey matter, white matter and the CSF inside their
+    envelope) leaves out; the refinement removes it (measured: deepbet Dice 0.947, refined 0.981, 13 % of deepbet's
+    mask removed).
+    """
+    from msynth.phantom.cohort import generate_cohort
+
+    cohort = generate_cohort(tmp_path / "bids", n_controls=0, n_patients=1, voxel_size=2.0, seed=5)
+    label = "sub-MS01_ses-01"
+    t1w = cohort.bids_dir / "sub-MS01" / "ses-01" / "anat" / f"{label}_T1w.nii.gz"
+    truth = nib.load(cohort.truth_dir / "sub-MS01" / "ses-01" / "anat" /
+                     f"{label}_space-T1w_desc-brain_mask.nii.gz").get_fdata() > 0
+    deepbet = extract_brain(t1w, newpath=tmp_path, device="cpu")
+    corrected = n4_correct(t1w, newpath=tmp_path, mask=deepbet.mask).corrected
+    refined = refine_brain_mask(corrected, deepbet.mask, newpath=tmp_path)
+
+    def dice(path: Path) -> float:
+        mask = nib.load(path).get_fdata() > 0
+        return 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+
+    before, after = dice(deepbet.mask), dice(refined.mask)
+    assert after >= 0.97 and after > before + 0.01, (before, after)
+    assert 0.03 < refined.fraction_removed < 0.25
+    mask = nib.load(refined.mask)
+    assert refined.volume_ml == pytest.approx(mask.get_fdata().sum() * np.prod(mask.header.get_zooms()) / 1000)
+

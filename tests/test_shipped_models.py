@@ -3,21 +3,20 @@
 The accuracy test runs the 5-input phantom model on a fresh 4 mm phantom patient (seed 9001, never used in
 training: the training cohort is seed 2026, ``benchmarks/train_shipped_models.py``). To stay fast it does not run
 the participant level: each input is brought onto the T1w grid through the phantom's true transform and N4-corrected
-inside the true brain mask, the lesion mask is the truth, and NAWM is the truth WM probability >= 0.5 minus lesions
-(:func:`msynth.segmentation.regions.nawm_mask`).
+inside the true brain mask (:func:`msynth.phantom.aligned.align_session`), the lesion mask is the truth, and NAWM is
+the truth WM probability >= 0.5 minus lesions (:func:`msynth.segmentation.regions.nawm_mask`).
 
 The bounds are the numbers measured when the model was trained (``benchmarks/results/shipped_models.md``) less a
 small margin for platform differences. They are below issue 6's target (SSIM >= 0.90, synthetic Ratio 1 >= 0.85 of
 the acquired): the shipped 4 mm FCN-32 reaches SSIM 0.875 here, and its Ratio 1 (0.985) shows no lesion contrast;
 it meets 0.85 of the acquired ratio only because the acquired contrast of this session's 14 lesion voxels is itself
-low at 4 mm (1.149).
+low at 4 mm (1.149). Why the SSIM target is out of reach on this phantom — the acquired FLAIR's 12 mm slabs sit
+where nothing in the inputs says: ``benchmarks/results/flair_ceiling.md``.
 
 The test takes 12 s on this project's 2-core machine when idle (104 s at load average 8.5).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -28,8 +27,6 @@ from msynth.models.inference import load_model
 from msynth.models.selection import WEIGHTS_DIR, shipped_models
 from msynth.utils.bids import MODALITY_KEYS
 
-#: raw BIDS name of each phantom key, and the truth transform of each key (T1w is the reference)
-RAW = {"T1w": "T1w", "T2w": "T2w", "PDw": "PDw", "T1SE": "acq-SE_T1w", "DIR": "acq-DIR_T2w", "FLAIR": "FLAIR"}
 MAX_TOTAL_MB = 50
 
 MODEL_DIRS = shipped_models()
@@ -63,29 +60,6 @@ def test_total_size_under_limit():
     assert total < MAX_TOTAL_MB * 2**20, f"shipped weights take {total / 2**20:.1f} MB"
 
 
-def _prepare_session(root: Path) -> tuple[dict[str, Path], Path, Path, Path]:
-    """A fresh 4 mm phantom patient's ses-01 on its T1w grid: (images, brain mask, lesion mask, WM probseg)."""
-    from msynth.phantom.cohort import generate_cohort
-    from msynth.preprocessing.bias import n4_correct
-    from msynth.preprocessing.registration import apply_transform
-
-    cohort = generate_cohort(root / "bids", n_controls=0, n_patients=1, voxel_size=4.0, seed=9001)
-    label = "sub-MS01_ses-01"
-    anat = cohort.bids_dir / "sub-MS01" / "ses-01" / "anat"
-    truth = cohort.truth_dir / "sub-MS01" / "ses-01" / "anat"
-    mask = truth / f"{label}_space-T1w_desc-brain_mask.nii.gz"
-    t1w = anat / f"{label}_T1w.nii.gz"
-    images = {}
-    for key, name in RAW.items():
-        raw = anat / f"{label}_{name}.nii.gz"
-        if key != "T1w":
-            raw = apply_transform(raw, t1w, truth / f"{label}_from-{key}_to-T1w_mode-image_xfm.mat",
-                                  newpath=root / "prep", suffix="t1w")
-        images[key] = Path(n4_correct(raw, newpath=root / "prep", mask=mask).corrected)
-    return (images, mask, truth / f"{label}_space-T1w_label-lesion_mask.nii.gz",
-            truth / f"{label}_space-T1w_label-WM_probseg.nii.gz")
-
-
 @pytest.mark.slow
 def test_phantom_model_on_a_fresh_session(tmp_path):
     import torch
@@ -96,7 +70,14 @@ def test_phantom_model_on_a_fresh_session(tmp_path):
     from msynth.segmentation.regions import nawm_mask
 
     model_dir = WEIGHTS_DIR / "flair-fcn-phantom"
-    images, mask_file, lesion_file, wm_file = _prepare_session(tmp_path)
+    from msynth.phantom.aligned import align_session
+    from msynth.phantom.cohort import generate_cohort
+
+    cohort = generate_cohort(tmp_path / "bids", n_controls=0, n_patients=1, voxel_size=4.0, seed=9001)
+    session = align_session(cohort, "MS01", "01", ["T1w", "T2w", "PDw", "T1SE", "DIR", "FLAIR"],
+                            newpath=tmp_path / "prep")
+    images, mask_file, lesion_file, wm_file = (session.images, session.brain_mask, session.lesion_mask,
+                                               session.wm_probseg)
     brain = np.asarray(nib.load(mask_file).dataobj) > 0
     lesion = (np.asarray(nib.load(lesion_file).dataobj) > 0) & brain
     nawm = nawm_mask(np.asarray(nib.load(wm_file).dataobj), lesion, brain)

@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from monai.metrics.regression import compute_ssim_and_cs
 
 __all__ = ["contrast_ratio", "dice", "mse", "psnr", "ratio1", "ratio2", "ssim"]
 
@@ -153,6 +151,10 @@ def ssim(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray | None 
     if len(sigmas) != 3 or any(s <= 0 for s in sigmas):
         raise ValueError(f"sigma must be a positive number or three of them, got {sigma!r}")
     peak = _data_range(reference, mask, data_range)
+    # torch and MONAI are imported here, by the nodes that score images: loading them takes seconds
+    import torch
+    from monai.metrics.regression import compute_ssim_and_cs
+
     # scale both images by 1/R (SSIM is unchanged when images and R are scaled together): float32 keeps precision
     pad = [(s // 2, s // 2) for s in sizes]
     x = torch.from_numpy(np.pad(prediction / peak, pad, mode="symmetric")[None, None].astype(np.float32))

@@ -208,7 +208,7 @@ def _add_masks_wf(
                     "to CSF are skipped (tissue probabilities are computed without lesion filling)", data.label)
     masks_wf = init_masks_wf(t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir,
                              omp_nthreads=omp_nthreads, lesion_source=lesion_source, given=given)
-    _connect_reference(workflow, anat_reference_wf, masks_wf)
+    _connect_reference(workflow, anat_reference_wf, masks_wf, mask="brain_mask")
     workflow.connect([(template_wf, masks_wf, [("outputnode.xfm", "inputnode.template_xfm")])])
     if lesion_source == "automatic":
         flair_wf, field = flair
@@ -220,12 +220,17 @@ def _add_masks_wf(
     return masks_wf
 
 
-def _connect_reference(workflow: pe.Workflow, anat_reference_wf: pe.Workflow, consumer_wf: pe.Workflow) -> None:
-    """Feed the T1w reference and brain mask to a workflow that registers to them."""
+def _connect_reference(workflow: pe.Workflow, anat_reference_wf: pe.Workflow, consumer_wf: pe.Workflow, *,
+                       mask: str = "registration_mask") -> None:
+    """Feed the T1w reference and a mask to a workflow that registers to them or segments them.
+
+    Registrations get deepbet's mask (``registration_mask``: the brain with its rim of CSF, whose edge drives the
+    mutual information); the tissue segmentation gets the refined ``brain_mask``.
+    """
     workflow.connect([
         (anat_reference_wf, consumer_wf, [
             ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
-            ("outputnode.brain_mask", "inputnode.brain_mask"),
+            (f"outputnode.{mask}", "inputnode.brain_mask"),
         ]),
     ])  # fmt: skip
 

@@ -311,7 +311,7 @@ def fill_lesions(
 def atropos(
     image: np.ndarray,
     brain: np.ndarray,
-    priors: np.ndarray,
+    priors: np.ndarray | int,
     reference: nib.Nifti1Image,
     *,
     newpath: PathOrStr,
@@ -319,18 +319,20 @@ def atropos(
     mrf_smoothing: float = MRF_SMOOTHING,
     iterations: int = ATROPOS_ITERATIONS,
 ) -> np.ndarray:
-    """Prior-based Atropos segmentation; returns the posteriors (classes first, float32, 0 outside the brain).
+    """Atropos segmentation; returns the posteriors (classes first, float32, 0 outside the brain).
 
-    Runs the Atropos library of ANTsPy with the priors written into ``newpath`` (rather than ``ants.atropos``, which
-    leaves them in the system's temporary directory), a constant random seed (``--use-random-seed 0``), a Gaussian
-    likelihood and ANTs' default posterior formulation, for ``iterations`` EM iterations.
+    Runs the Atropos library of ANTsPy with its files in ``newpath`` (rather than ``ants.atropos``, which leaves them
+    in the system's temporary directory), a constant random seed (``--use-random-seed 0``), a Gaussian likelihood and
+    ANTs' default posterior formulation, for ``iterations`` EM iterations.
 
     Parameters
     ----------
     image, brain
         Intensities and boolean mask on the reference grid.
     priors
-        Prior probabilities, classes first (shape ``(K, X, Y, Z)``); the posteriors come back in the same order.
+        Prior probabilities, classes first (shape ``(K, X, Y, Z)``); the posteriors come back in the same order. An
+        integer ``K`` instead initialises ``K`` classes by k-means on the intensities, without spatial priors; the
+        posteriors then come back in increasing order of class mean.
     reference
         Image whose affine and header the working files take.
     newpath
@@ -347,9 +349,14 @@ def atropos(
         raise ValueError(f"atropos: the working directory {newpath} holds ',', '[' or ']', which Atropos' option "
                          "parser cannot take; use another directory")
     newpath.mkdir(parents=True, exist_ok=True)
-    n_classes = priors.shape[0]
-    for index in range(n_classes):
-        write_like(priors[index].astype(np.float32), reference, newpath / f"prior{index + 1:02d}.nii.gz")
+    if isinstance(priors, int):
+        n_classes = priors
+        initialisation = f"KMeans[{n_classes}]"
+    else:
+        n_classes = priors.shape[0]
+        for index in range(n_classes):
+            write_like(priors[index].astype(np.float32), reference, newpath / f"prior{index + 1:02d}.nii.gz")
+        initialisation = f"PriorProbabilityImages[{n_classes},{newpath / 'prior%02d.nii.gz'},{prior_weight}]"
     img = ants.image_read(str(write_like(image.astype(np.float32), reference, newpath / "image.nii.gz")))
     mask = ants.image_read(str(write_like(brain.astype(np.uint8), reference, newpath / "mask.nii.gz")))
     segmentation = img.clone("unsigned int")
@@ -358,7 +365,7 @@ def atropos(
         "d": 3,
         "a": img,
         "x": mask.clone("unsigned int"),
-        "i": f"PriorProbabilityImages[{n_classes},{newpath / 'prior%02d.nii.gz'},{prior_weight}]",
+        "i": initialisation,
         "m": f"[{mrf_smoothing},1x1x1]",
         "c": f"[{iterations},0]",
         "k": "Gaussian",

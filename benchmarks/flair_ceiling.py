@@ -1,0 +1,177 @@
+"""How high can any FLAIR synthesis score against an acquired phantom FLAIR? (issue 6's SSIM target)
+
+The acquired FLAIR of the phantom is a 2-D acquisition (0.9 × 0.9 × 3 mm at ``--voxel-size 1``, so 12 mm slices at
+4 mm) with Rician noise (SNR 20). Brought onto the T1w grid, its voxels mix the anatomy of a whole slab, and where
+a slab starts depends on the FLAIR's field of view, which nothing in the other images tells. Two references bound
+what a synthetic FLAIR can reach inside the brain, each scored exactly as ``tests/test_shipped_models.py`` scores
+the shipped model (same fresh patient, seed 9001; image moved with the true transform, N4 inside the true brain
+mask; SSIM after matching brain mean and SD):
+
+1. the **noise-free** FLAIR of the same acquisition: the ceiling set by the noise alone;
+2. a noise-free FLAIR whose slab grid is **shifted** along the slice axis by a fraction of the slice thickness: a
+   perfect predictor of the anatomy that does not know the FLAIR's slice positions.
+
+The phantom has no switch for either, so this script swaps the FLAIR protocol's SNR and wraps the session
+placement for the duration of one cohort generation (the same seed draws the same anatomy, pose and bias).
+
+With ``--derivatives`` (participant-level outputs of a training cohort, e.g. the 8 phantom patients of
+``benchmarks/train_shipped_models.py --stage phantom``), it also trains FCN variants (``--variants
+FEATURESxDEPTHxPATCHES``: filters, layers, patches per session and epoch; Adam 1e-3, 32³ patches, <= 30 epochs,
+early stopping on 2 of the subjects) and scores them on the same fresh 4 mm session: does capacity or training move
+the synthetic FLAIR towards the ceiling?
+
+Run (about 1 minute per voxel size and shift; 2–10 minutes per variant on 2 CPU cores)::
+
+    .venv/bin/python benchmarks/flair_ceiling.py --voxel-size 4 2 --shift 0.125 0.25 0.375 0.5 \
+        --derivatives /tmp/shipped/phantom/derivatives --variants 32x3x4 32x3x16 64x3x8 32x5x8
+
+Results: ``benchmarks/results/flair_ceiling.md`` (the tables are printed; the Markdown report is written from them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from msynth.analysis.metrics import ssim
+from msynth.phantom import cohort as cohort_module
+from msynth.phantom import mri
+from msynth.phantom.aligned import align_session
+from msynth.phantom.cohort import generate_cohort
+from msynth.phantom.geometry import Grid
+
+SEED = 9001
+
+
+@contextmanager
+def flair_acquisition(*, noise_free: bool, slab_shift: float) -> Iterator[None]:
+    """Within the block, the phantom's FLAIR has no noise and/or a slab grid moved by ``slab_shift`` slices."""
+    protocol, place_session = mri.PROTOCOLS["FLAIR"], cohort_module.place_session
+
+    def shifted_placement(*args, **kwargs):
+        placement = place_session(*args, **kwargs)
+        grid = placement.grids["FLAIR"]
+        affine = grid.affine.copy()
+        affine[:3, 3] += slab_shift * affine[:3, 2]  # the third column is one voxel along the slice axis
+        placement.grids["FLAIR"] = Grid(grid.shape, affine)
+        return placement
+
+    if noise_free:
+        mri.PROTOCOLS["FLAIR"] = dataclasses.replace(protocol, snr=1e6)
+    if slab_shift:
+        cohort_module.place_session = shifted_placement
+    try:
+        yield
+    finally:
+        mri.PROTOCOLS["FLAIR"], cohort_module.place_session = protocol, place_session
+
+
+def flair_on_t1w_grid(root: Path, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generate the fresh patient and return its FLAIR on the T1w grid (true transform, N4) and the brain mask."""
+    cohort = generate_cohort(root / "bids", n_controls=0, n_patients=1, voxel_size=voxel_size, seed=SEED)
+    session = align_session(cohort, "MS01", "01", ["FLAIR"], newpath=root / "aligned")
+    return (np.asarray(nib.load(session.images["FLAIR"]).dataobj, dtype=np.float64),
+            np.asarray(nib.load(session.brain_mask).dataobj) > 0)
+
+
+def matched(image: np.ndarray, reference: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """``image`` given the brain mean and SD of ``reference`` (as the synthetic FLAIR is scored), 0 outside."""
+    z = (image - image[brain].mean()) / image[brain].std()
+    return (z * reference[brain].std() + reference[brain].mean()) * brain
+
+
+def ceilings(voxel_size: float, shifts: list[float], scratch: Path) -> pd.DataFrame:
+    """SSIM against the acquired FLAIR of the noise-free FLAIR, unshifted and shifted."""
+    acquired, brain = flair_on_t1w_grid(scratch / "acquired", voxel_size)
+    acquired *= brain
+    rows = []
+    for shift in [0.0, *shifts]:
+        with flair_acquisition(noise_free=True, slab_shift=shift):
+            clean, _ = flair_on_t1w_grid(scratch / f"clean-{shift:g}", voxel_size)
+        rows.append({"voxel_size_mm": voxel_size, "slab_shift_slices": shift,
+                     "ssim_vs_acquired": round(ssim(matched(clean, acquired, brain), acquired, brain), 3)})
+        print(rows[-1], flush=True)
+    return pd.DataFrame(rows)
+
+
+def fcn_variants(derivatives: Path, variants: list[str], scratch: Path) -> pd.DataFrame:
+    """Train each FCN variant on ``derivatives`` and score it on the fresh 4 mm session (as the shipped model)."""
+    import torch
+
+    from msynth.analysis.metrics import mse, ratio1
+    from msynth.models.data import (
+        array_statistics,
+        compute_normalisation,
+        find_examples,
+        load_volume,
+        normalise,
+    )
+    from msynth.models.inference import predict_volume
+    from msynth.models.training import TrainingConfig, split_validation, train_model
+    from msynth.segmentation.regions import nawm_mask
+
+    inputs = ["T1w", "T2w", "PDw", "T1SE", "DIR"]
+    cohort = generate_cohort(scratch / "fresh" / "bids", n_controls=0, n_patients=1, voxel_size=4.0, seed=SEED)
+    session = align_session(cohort, "MS01", "01", [*inputs, "FLAIR"], newpath=scratch / "fresh" / "aligned")
+    brain = np.asarray(nib.load(session.brain_mask).dataobj) > 0
+    lesion = (np.asarray(nib.load(session.lesion_mask).dataobj) > 0) & brain
+    nawm = nawm_mask(np.asarray(nib.load(session.wm_probseg).dataobj), lesion, brain)
+    acquired = np.asarray(nib.load(session.images["FLAIR"]).dataobj, dtype=np.float64) * brain
+    x = np.stack([np.asarray(nib.load(session.images[k]).dataobj, np.float32) for k in inputs])
+    stats = array_statistics(acquired[None], brain, ["FLAIR"])["FLAIR"]
+
+    volumes = [load_volume(example) for example in find_examples(derivatives, inputs, "FLAIR")]
+    fit, validation = split_validation(volumes, seed=42)
+    normalisation = compute_normalisation(fit, [*inputs, "FLAIR"])
+    rows = []
+    for variant in variants:
+        features, depth, patches = (int(v) for v in variant.split("x"))
+        config = TrainingConfig(arguments={"features": features, "depth": depth}, optimizer="adam", lr=1e-3,
+                                max_epochs=30, patch_size=32, patches_per_session=patches)
+        start = time.perf_counter()
+        result = train_model(fit, validation, inputs=inputs, outputs=["FLAIR"], normalisation=normalisation,
+                             config=config, out_dir=scratch / "variants" / variant, progress=False)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            z = predict_volume(result.model, normalise(x, brain, inputs, normalisation, "image"), window=96,
+                               overlap=0.5, device="cpu")[0]
+        predicted = np.clip(z * stats.std + stats.mean, 0, None) * brain
+        rows.append({"variant": variant, "features": features, "depth": depth, "patches_per_session": patches,
+                     "kept_epoch": result.best_epoch,
+                     "best_validation_error": round(min(r.validation_error for r in result.history), 3),
+                     "ssim": round(ssim(predicted, acquired, brain), 3), "mse": round(mse(predicted, acquired, brain)),
+                     "ratio1": round(ratio1(predicted, lesion, nawm), 3),
+                     "acquired_ratio1": round(ratio1(acquired, lesion, nawm), 3), "train_s": round(seconds)})
+        print(rows[-1], flush=True)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--voxel-size", type=float, nargs="+", default=[4.0])
+    parser.add_argument("--shift", type=float, nargs="+", default=[0.25, 0.5],
+                        help="slab shifts, in slices (0 is always measured)")
+    parser.add_argument("--derivatives", type=Path, help="participant-level outputs to train FCN variants on")
+    parser.add_argument("--variants", nargs="+", default=["32x3x4", "32x3x16", "64x3x8", "32x5x8"],
+                        help="FEATURESxDEPTHxPATCHES of each FCN variant (with --derivatives)")
+    parser.add_argument("--scratch", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = args.scratch or Path(tmp)
+        table = pd.concat([ceilings(v, args.shift, scratch / f"{v:g}mm") for v in args.voxel_size])
+        print(table.to_string(index=False))
+        if args.derivatives:
+            print(fcn_variants(args.derivatives, args.variants, scratch / "fcn").to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""A phantom session brought onto its T1w grid with the true transforms: model inputs without the participant level.
+
+Tests and benchmarks of the synthesis models need a session's images co-registered and bias-corrected, but running
+the participant level for that takes minutes. Here each MR image goes through the phantom's *true* transform to the
+T1w grid and N4 inside the true brain mask, so what is measured is the model, not the preprocessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cohort import CohortResult
+from .mri import PROTOCOLS
+
+
+@dataclass(frozen=True)
+class AlignedSession:
+    """Images of one session on its T1w grid (modality key → file) and the truth masks on that grid."""
+
+    images: dict[str, Path]
+    brain_mask: Path
+    lesion_mask: Path
+    wm_probseg: Path
+
+
+def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequence[str], *,
+                  newpath: str | Path) -> AlignedSession:
+    """Move ``keys`` (MR modality keys of :data:`msynth.phantom.mri.PROTOCOLS`) of one session onto its T1w grid.
+
+    Parameters
+    ----------
+    cohort
+        From :func:`msynth.phantom.cohort.generate_cohort`.
+    subject, session
+        Labels without ``sub-`` / ``ses-``.
+    keys
+        Modalities to bring (``"T1w"`` is only bias-corrected).
+    newpath
+        Output directory.
+
+    Returns
+    -------
+    AlignedSession
+    """
+    from msynth.preprocessing.bias import n4_correct
+    from msynth.preprocessing.registration import apply_transform
+
+    newpath = Path(newpath)
+    label = f"sub-{subject}_ses-{session}"
+    anat = cohort.bids_dir / f"sub-{subject}" / f"ses-{session}" / "anat"
+    truth = cohort.truth_dir / f"sub-{subject}" / f"ses-{session}" / "anat"
+    brain = truth / f"{label}_space-T1w_desc-brain_mask.nii.gz"
+    t1w = anat / f"{label}_T1w.nii.gz"
+    images = {}
+    for key in keys:
+        raw = anat / f"{label}_{PROTOCOLS[key].name}.nii.gz"
+        if key != "T1w":
+            raw = apply_transform(raw, t1w, truth / f"{label}_from-{key}_to-T1w_mode-image_xfm.mat",
+                                  newpath=newpath, suffix="t1w")
+        images[key] = Path(n4_correct(raw, newpath=newpath, mask=brain).corrected)
+    return AlignedSession(images, brain, truth / f"{label}_space-T1w_label-lesion_mask.nii.gz",
+                          truth / f"{label}_space-T1w_label-WM_probseg.nii.gz")
