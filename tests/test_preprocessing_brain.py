@@ -151,7 +151,24 @@ def test_refined_mask_matches_phantom_brain(tmp_path):
 
     before, after = dice(deepbet.mask), dice(refined.mask)
     assert after >= 0.97 and after > before + 0.01, (before, after)
-    assert 0.03 < refined.fraction_removed < 0.25
+    assert refined.applied and 0.03 < refined.fraction_removed < 0.25
     mask = nib.load(refined.mask)
     assert refined.volume_ml == pytest.approx(mask.get_fdata().sum() * np.prod(mask.header.get_zooms()) / 1000)
+
+
+def test_refinement_that_removes_too_much_is_rejected(tmp_path):
+    """A T1w whose tissue class covers a small core of the mask: the envelope would drop most of it, so it is kept."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    grid = np.indices((40, 40, 40)).transpose(1, 2, 3, 0) - 19.5
+    radius = np.linalg.norm(grid, axis=-1)
+    mask = radius < 16
+    rng = np.random.default_rng(0)
+    image = np.where(radius < 8, 900.0, np.where(radius < 11, 600.0, 100.0)) + rng.normal(0, 20, mask.shape)
+    t1w = _save(nib.Nifti1Image((image * mask).astype(np.float32), affine), tmp_path / "t1w.nii.gz")
+    mask_file = _save(nib.Nifti1Image(mask.astype(np.uint8), affine), tmp_path / "mask.nii.gz")
+
+    refined = refine_brain_mask(t1w, mask_file, newpath=tmp_path / "out")
+    assert not refined.applied
+    assert refined.fraction_removed > 0.5  # the core (radius 11 of 16 voxels) is a third of the mask
+    assert np.array_equal(nib.load(refined.mask).get_fdata() > 0, mask)
 

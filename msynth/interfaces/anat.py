@@ -147,7 +147,8 @@ class RefineBrainMask(SimpleInterface):
             "Method": "grey/white-matter envelope: Atropos k-means (3 classes) on the N4-corrected T1w inside the "
                       "mask, tissue closed with a ball and holes filled (as antsBrainExtraction.sh)",
             "ClosingRadiusMm": ENVELOPE_CLOSING_MM,
-            "FractionRemoved": round(refined.fraction_removed, 4),
+            "FractionRemoved": round(refined.fraction_removed, 4) if refined.applied else 0.0,
+            "Applied": refined.applied,
         }
         metadata["BrainVolumeMl"] = round(refined.volume_ml, 1)
         self._results["out_mask"] = str(refined.mask)
