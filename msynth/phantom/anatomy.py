@@ -25,6 +25,8 @@ import pydeface
 from nilearn import datasets as nilearn_datasets
 from scipy import ndimage
 
+from msynth.templates import cerebellum_mask
+
 from .geometry import Grid, box_grid, resample
 
 LOGGER = logging.getLogger("msynth.phantom")
@@ -130,22 +132,6 @@ def _split_csf(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, brain: np.ndarray
     return csf.astype(np.float32), (wm + rest - csf).astype(np.float32)
 
 
-def cerebellum_mask(t1: np.ndarray, brain: np.ndarray, grid: Grid) -> np.ndarray:
-    """Cerebellum of the MNI152 template, from MNI coordinates and the tentorium.
-
-    Tissue (template intensity above 0.55) posterior to y = -38 mm and below z = 0 is cut from the brainstem
-    (|x| < 14 mm, y > -52 mm); the CSF of the tentorium then separates the cerebellar hemispheres, whose components
-    are picked at (+-25, -65, -35) mm, from the occipital and temporal lobes.
-    """
-    x, y, z = grid.world_coordinates()
-    tissue = (t1 > 0.55) & (y < -38) & (z < 0) & ~((np.abs(x) < 14) & (y > -52))
-    labels, _ = ndimage.label(tissue)
-    seeds = [np.round(np.linalg.solve(grid.affine, [sx, -65.0, -35.0, 1.0])[:3]).astype(int) for sx in (-25.0, 25.0)]
-    keep = [labels[tuple(s)] for s in seeds if labels[tuple(s)] > 0]
-    cerebellum = ndimage.binary_dilation(np.isin(labels, keep), iterations=2)
-    return (ndimage.binary_fill_holes(cerebellum) & (brain > 0.5)).astype(np.float32)
-
-
 def ventricle_mask(csf: np.ndarray, brain: np.ndarray, grid: Grid) -> np.ndarray:
     """Lateral and third ventricles: central CSF more than 12 mm inside the brain, in large components."""
     x, y, z = grid.world_coordinates()
@@ -206,7 +192,7 @@ def load_atlas(spacing_mm: float) -> Atlas:
     brain = ndimage.gaussian_filter(ndimage.binary_fill_holes(t1 > 0.2).astype(np.float32), 0.6)
     brain = np.maximum(brain, gm + wm)
     csf, wm = _split_csf(t1, gm, wm, brain)
-    cerebellum = cerebellum_mask(t1, brain, mni)
+    cerebellum = cerebellum_mask(t1, brain, mni.affine)
     ventricles = ventricle_mask(csf, brain, mni)
 
     mni2 = box_grid(mni.affine[:3, 3], mni.affine[:3, 3] + np.array(mni.shape) - 1, 2.0)
