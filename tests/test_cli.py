@@ -168,3 +168,21 @@ def test_unknown_model_is_refused(tiny_bids, tmp_path, capsys):
     code = cli.main([str(tiny_bids), str(tmp_path / "out"), "participant", "--model", "no-such-model"])
     assert code == 1
     assert "--model no-such-model: neither a shipped model" in capsys.readouterr().err
+
+
+def test_main_process_does_not_load_torch():
+    """Workers are forked from the main process (inheriting its log handlers) only while it has not run torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, msynth.cli.run, msynth.runner, msynth.pipelines.participant; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_workers_come_from_a_forkserver_once_torch_is_loaded():
+    from msynth.runner import multiproc_arguments
+
+    pytest.importorskip("torch")
+    assert multiproc_arguments(3) == {"n_procs": 3, "raise_insufficient": False, "mp_context": "forkserver"}
