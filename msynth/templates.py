@@ -65,4 +65,3 @@ def cerebellum_mask(t1: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> np
     keep = [labels[tuple(s)] for s in seeds if labels[tuple(s)] > 0]
     cerebellum = ndimage.binary_dilation(np.isin(labels, keep), iterations=2)
     return (ndimage.binary_fill_holes(cerebellum) & (brain > 0.5)).astype(np.float32)
-

@@ -171,4 +171,3 @@ def test_refinement_that_removes_too_much_is_rejected(tmp_path):
     assert not refined.applied
     assert refined.fraction_removed > 0.5  # the core (radius 11 of 16 voxels) is a third of the mask
     assert np.array_equal(nib.load(refined.mask).get_fdata() > 0, mask)
-

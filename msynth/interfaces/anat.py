@@ -154,4 +154,3 @@ class RefineBrainMask(SimpleInterface):
         self._results["out_mask"] = str(refined.mask)
         self._results["metadata"] = metadata
         return runtime
-
