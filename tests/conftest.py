@@ -81,13 +81,13 @@ def phantom_participants(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_flair_model(phantom_participants, tmp_path_factory):
-    """A tiny 5-input FLAIR FCN trained by ``msynth-train`` on the phantom derivatives (2 folds, 4 epochs)."""
+    """A tiny 5-input FLAIR FCN trained by ``msynth-train`` on the phantom derivatives (2 folds, 4 epochs, Adam)."""
     from msynth.cli import train as train_cli
 
     model_dir = tmp_path_factory.mktemp("model") / "tiny-flair"
     argv = ["flair", "--derivatives", str(phantom_participants[1]), "--out", str(model_dir), "--folds", "2",
             "--epochs", "4", "--patch-size", "16", "--features", "8", "--lr", "5e-3", "--device", "cpu",
-            "--nprocs", "2", "--data-source", "msynth phantom, seed 3", "--data-license", "CC0",
+            "--optimizer", "adam", "--nprocs", "2", "--data-source", "msynth phantom, seed 3", "--data-license", "CC0",
             "--subject-salt", "s3cret"]
     assert train_cli.main(argv) == 0
     return model_dir
