@@ -19,9 +19,21 @@ LOGGER = logging.getLogger("msynth")
 _FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler on whatever ``sys.stderr`` is at each message (it may be replaced, as pytest does)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(verbose: int) -> None:
     """Console logging: msynth at INFO (DEBUG with -v); Nipype's node log shown from -v, its debugging at -vv."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(logging.DEBUG if verbose else logging.INFO)
