@@ -19,9 +19,10 @@ from msynth.cli import train as train_cli
 from msynth.models.card import channels_of, read_card
 from msynth.models.data import Volume, compute_normalisation, find_examples, load_volume
 from msynth.models.inference import synthesize
+from msynth.models.networks import build_network
 from msynth.models.training import (
-    CHECKPOINT_NAME, EpochRecord, StripStopping, TrainingConfig, assign_folds, sample_patch_corners,
-    strip_stop_epoch, train_model,
+    CHECKPOINT_NAME, EpochRecord, StripStopping, TrainingConfig, assign_folds, evaluate_volume,
+    sample_patch_corners, strip_stop_epoch, train_model,
 )
 
 torch.set_num_threads(1)
@@ -154,12 +155,22 @@ def test_tiny_training_on_phantom_learns(derivatives, tmp_path):
     # Adam: within 10 tiny epochs SGD (the paper's optimiser) moves these 8-filter networks too little to tell
     config = TrainingConfig(arguments={"features": 8, "depth": 3}, optimizer="adam", lr=5e-3, max_epochs=10,
                             patch_size=16, patches_per_session=16, window=64, seed=42)
-    result = train_model(train, validation, inputs=channels[:-1], outputs=["FLAIR"],
-                         normalisation=compute_normalisation(train, channels), config=config, out_dir=tmp_path)
-    losses = [r.train_loss for r in result.history[1:]]
+    normalisation = compute_normalisation(train, channels)
+    result = train_model(train, validation, inputs=channels[:-1], outputs=["FLAIR"], normalisation=normalisation,
+                         config=config, out_dir=tmp_path)
+    # the loss on the whole training volume, untrained (same seed) and trained: epoch means of 16 random patches
+    # are too noisy to compare
+    torch.manual_seed(config.seed)
+    untrained = build_network("fcn", {"features": 8, "depth": 3, "in_channels": 5, "out_channels": 1})
+
+    def training_error(model: torch.nn.Module) -> float:
+        return evaluate_volume(model.eval(), train[0], inputs=channels[:-1], output="FLAIR",
+                               normalisation=normalisation, window=64, scope="image")["mse"]
+
+    before, after = training_error(untrained), training_error(result.model)
+    assert after < 0.5 * before  # measured 0.21-0.27 (the rate depends on the tests run before it)
+    assert all(np.isfinite(r.train_loss) for r in result.history[1:])
     errors = [r.validation_error for r in result.history]
-    # an epoch is 16 random patches, so single epochs are noisy: compare the first and last three
-    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
     assert min(errors) < 0.7 * errors[0]  # it generalises to the other subject
     assert result.best_epoch == int(np.argmin(errors))
     assert (tmp_path / CHECKPOINT_NAME).is_file()

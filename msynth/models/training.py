@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -682,6 +683,17 @@ def fold_task(spec: str) -> str:
 fold_task.__annotations__ = {"spec": str, "return": str}
 
 
+@contextlib.contextmanager
+def _default_start_method(method: str) -> Iterator[None]:
+    """Make ``method`` the default multiprocessing start method inside the block, then restore the previous one."""
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(method, force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+
+
 def _pydra_folds(specs: list[dict[str, Any]], *, cache_dir: Path, n_procs: int, plugin: str) -> list[dict[str, Any]]:
     """Run :func:`run_fold` once per fold: one pydra task split over the folds' specifications.
 
@@ -693,7 +705,12 @@ def _pydra_folds(specs: list[dict[str, Any]], *, cache_dir: Path, n_procs: int, 
     task = pydra.mark.task(fold_task)(name="cv_fold", cache_dir=str(cache_dir))
     task.split("spec", spec=[json.dumps(spec) for spec in specs])
     options = {"n_procs": n_procs} if plugin == "cf" else {}
-    with pydra.Submitter(plugin=plugin, **options) as submitter:
+    # pydra's local worker makes its process pool when the submitter is built, with the default start method:
+    # forked folds can hang on the OpenMP pool of a process that has already run torch, so they start from a
+    # forkserver (pydra 0.25 takes no multiprocessing context itself)
+    with _default_start_method("forkserver"):
+        submitter = pydra.Submitter(plugin=plugin, **options)
+    with submitter:
         submitter(task)
     results = task.result()
     failed = [r for r in results if r is None or r.errored]
