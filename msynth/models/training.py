@@ -676,6 +676,8 @@ def run_fold(fold: int, test_subjects: list[str], examples: list[dict[str, Any]]
 
 def fold_task(spec: str) -> str:
     """JSON in, JSON out wrapper of :func:`run_fold` (the pydra task; pydra hashes and caches the spec)."""
+    if not logging.getLogger().handlers:  # a fresh worker (forkserver): log to stderr as msynth-train does
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     return json.dumps(run_fold(**json.loads(spec)), allow_nan=True)
 
 
