@@ -105,18 +105,9 @@ def ceilings(voxel_size: float, shifts: list[float], scratch: Path) -> pd.DataFr
 
 def fcn_variants(derivatives: Path, variants: list[str], scratch: Path) -> pd.DataFrame:
     """Train each FCN variant on ``derivatives`` and score it on the fresh 4 mm session (as the shipped model)."""
-    import torch
-
     from msynth.analysis.metrics import mse, ratio1
-    from msynth.models.data import (
-        array_statistics,
-        compute_normalisation,
-        find_examples,
-        load_volume,
-        normalise,
-    )
-    from msynth.models.inference import predict_volume
-    from msynth.models.training import TrainingConfig, split_validation, train_model
+    from msynth.models.data import compute_normalisation, find_examples, load_volume
+    from msynth.models.training import TrainingConfig, predict_session, split_validation, train_model
     from msynth.segmentation.regions import nawm_mask
 
     inputs = ["T1w", "T2w", "PDw", "T1SE", "DIR"]
@@ -126,8 +117,7 @@ def fcn_variants(derivatives: Path, variants: list[str], scratch: Path) -> pd.Da
     lesion = (np.asarray(nib.load(session.lesion_mask).dataobj) > 0) & brain
     nawm = nawm_mask(np.asarray(nib.load(session.wm_probseg).dataobj), lesion, brain)
     acquired = np.asarray(nib.load(session.images["FLAIR"]).dataobj, dtype=np.float64) * brain
-    x = np.stack([np.asarray(nib.load(session.images[k]).dataobj, np.float32) for k in inputs])
-    stats = array_statistics(acquired[None], brain, ["FLAIR"])["FLAIR"]
+    fresh = session.volume()
 
     volumes = [load_volume(example) for example in find_examples(derivatives, inputs, "FLAIR")]
     fit, validation = split_validation(volumes, seed=42)
@@ -141,10 +131,8 @@ def fcn_variants(derivatives: Path, variants: list[str], scratch: Path) -> pd.Da
         result = train_model(fit, validation, inputs=inputs, outputs=["FLAIR"], normalisation=normalisation,
                              config=config, out_dir=scratch / "variants" / variant, progress=False)
         seconds = time.perf_counter() - start
-        with torch.no_grad():
-            z = predict_volume(result.model, normalise(x, brain, inputs, normalisation, "image"), window=96,
-                               overlap=0.5, device="cpu")[0]
-        predicted = np.clip(z * stats.std + stats.mean, 0, None) * brain
+        predicted = predict_session(result.model, fresh, inputs=inputs, output="FLAIR", normalisation=normalisation,
+                                    window=96, scope="image")
         rows.append({"variant": variant, "features": features, "depth": depth, "patches_per_session": patches,
                      "kept_epoch": result.best_epoch,
                      "best_validation_error": round(min(r.validation_error for r in result.history), 3),

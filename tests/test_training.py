@@ -161,7 +161,7 @@ def test_tiny_training_on_phantom_learns(derivatives, tmp_path):
     # the loss on the whole training volume, untrained (same seed) and trained: epoch means of 16 random patches
     # are too noisy to compare
     torch.manual_seed(config.seed)
-    untrained = build_network("fcn", {"features": 8, "depth": 3, "in_channels": 5, "out_channels": 1})
+    untrained = build_network("fcn", {"features": 8, "depth": 3, "in_channels": len(channels) - 1, "out_channels": 1})
 
     def training_error(model: torch.nn.Module) -> float:
         return evaluate_volume(model.eval(), train[0], inputs=channels[:-1], output="FLAIR",

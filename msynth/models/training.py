@@ -53,8 +53,8 @@ from msynth.models.data import Volume, array_statistics, normalise, normalise_ar
 
 __all__ = [
     "EpochRecord", "StripStopping", "TrainingConfig", "TrainingResult", "assign_folds", "cross_validate",
-    "evaluate_volume", "fold_task", "run_fold", "sample_patch_corners", "split_validation", "strip_stop_epoch",
-    "train_model", "validation_error",
+    "evaluate_volume", "fold_task", "predict_session", "run_fold", "sample_patch_corners", "split_validation",
+    "strip_stop_epoch", "train_model", "validation_error",
 ]
 
 LOGGER = logging.getLogger("msynth.models")
@@ -589,26 +589,37 @@ def assign_folds(subjects: Sequence[str], folds: int, seed: int) -> list[list[st
     return [sorted(subjects[i] for i in order[k::folds]) for k in range(folds)]
 
 
-def evaluate_volume(model: nn.Module, volume: Volume, *, inputs: Sequence[str], output: str,
+def predict_session(model: nn.Module, volume: Volume, *, inputs: Sequence[str], output: str,
                     normalisation: Mapping[str, Normalisation], window: int, scope: str = "cohort",
-                    device: torch.device | str = "cpu") -> dict[str, float]:
-    """MSE, PSNR and SSIM inside the brain of a predicted session, in the output's units.
+                    device: torch.device | str = "cpu") -> np.ndarray:
+    """Predict ``output`` for a session, in the output's units, as :func:`~msynth.models.inference.synthesize` does.
 
-    The prediction is de-normalised, clipped at 0 and zeroed outside the brain, as
-    :func:`~msynth.models.inference.synthesize` writes it. De-normalisation uses the cohort's output statistics
-    with ``scope='cohort'``; with ``scope='image'`` it uses the acquired image's own, since a session's scanner gain
-    cannot be predicted from other images (the metrics then measure contrast and structure, not gain).
+    The prediction is de-normalised, clipped at 0 and zeroed outside the brain. De-normalisation uses the cohort's
+    output statistics with ``scope='cohort'``; with ``scope='image'`` it uses the acquired output's own (``volume``
+    must then hold it), since a session's scanner gain cannot be predicted from other images.
     """
-    from msynth.analysis.metrics import mse, psnr, ssim
     from msynth.models.inference import predict_volume
 
     x = normalise(volume.take(inputs), volume.mask, inputs, normalisation, scope)
-    reference = volume.take([output])[0] * volume.mask
     stats = normalisation[output]
     if scope == "image":
-        stats = array_statistics(reference[None], volume.mask, [output])[output]
+        stats = array_statistics(volume.take([output]), volume.mask, [output])[output]
     predicted = predict_volume(model, x, window=window, overlap=0.5, device=device)[0]
-    predicted = np.clip(predicted * stats.std + stats.mean, 0, None) * volume.mask
+    return np.clip(predicted * stats.std + stats.mean, 0, None) * volume.mask
+
+
+def evaluate_volume(model: nn.Module, volume: Volume, *, inputs: Sequence[str], output: str,
+                    normalisation: Mapping[str, Normalisation], window: int, scope: str = "cohort",
+                    device: torch.device | str = "cpu") -> dict[str, float]:
+    """MSE, PSNR and SSIM inside the brain of a predicted session (:func:`predict_session`), in the output's units.
+
+    With ``scope='image'`` the metrics measure contrast and structure, not the unpredictable scanner gain.
+    """
+    from msynth.analysis.metrics import mse, psnr, ssim
+
+    predicted = predict_session(model, volume, inputs=inputs, output=output, normalisation=normalisation,
+                                window=window, scope=scope, device=device)
+    reference = volume.take([output])[0] * volume.mask
     return {"mse": mse(predicted, reference, volume.mask), "psnr": psnr(predicted, reference, volume.mask),
             "ssim": ssim(predicted, reference, volume.mask)}
 

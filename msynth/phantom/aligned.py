@@ -11,6 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
+from msynth.models.data import Volume
+
 from .cohort import CohortResult
 from .mri import PROTOCOLS
 
@@ -19,10 +24,19 @@ from .mri import PROTOCOLS
 class AlignedSession:
     """Images of one session on its T1w grid (modality key → file) and the truth masks on that grid."""
 
+    subject: str
+    session: str
     images: dict[str, Path]
     brain_mask: Path
     lesion_mask: Path
     wm_probseg: Path
+
+    def volume(self) -> Volume:
+        """The images as a :class:`msynth.models.data.Volume` (channels in the order of ``images``)."""
+        mask = nib.load(self.brain_mask)
+        data = np.stack([np.asarray(nib.load(path).dataobj, dtype=np.float32) for path in self.images.values()])
+        return Volume(self.subject, self.session, tuple(self.images), data, np.asarray(mask.dataobj) > 0,
+                      mask.affine)
 
 
 def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequence[str], *,
@@ -60,5 +74,5 @@ def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequen
             raw = apply_transform(raw, t1w, truth / f"{label}_from-{key}_to-T1w_mode-image_xfm.mat",
                                   newpath=newpath, suffix="t1w")
         images[key] = Path(n4_correct(raw, newpath=newpath, mask=brain).corrected)
-    return AlignedSession(images, brain, truth / f"{label}_space-T1w_label-lesion_mask.nii.gz",
+    return AlignedSession(subject, session, images, brain, truth / f"{label}_space-T1w_label-lesion_mask.nii.gz",
                           truth / f"{label}_space-T1w_label-WM_probseg.nii.gz")
