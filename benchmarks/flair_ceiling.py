@@ -1,20 +1,20 @@
 """How high can any FLAIR synthesis score against an acquired phantom FLAIR? (issue 6's SSIM target)
 
-The acquired FLAIR of the phantom is a 2-D acquisition (0.9 × 0.9 × 3 mm at ``--voxel-size 1``, so 12 mm slices at
-4 mm) with Rician noise (SNR 20). Brought onto the T1w grid, its voxels mix the anatomy of a whole slab, and where
-a slab starts depends on the FLAIR's field of view, which nothing in the other images tells. Two references bound
-what a synthetic FLAIR can reach inside the brain, each scored exactly as ``tests/test_shipped_models.py`` scores
-the shipped model (same fresh patient, seed 9001; image moved with the true transform, N4 inside the true brain
-mask; SSIM after matching brain mean and SD):
+The phantom's FLAIR is a 3-D acquisition (1 mm isotropic at ``--voxel-size 1``) with Rician noise (SNR 20). It used
+to be paper 001's 2-D acquisition (0.9 × 0.9 × 3 mm, so 12 mm slices at 4 mm), whose voxels, brought onto the T1w
+grid, mix the anatomy of a whole slab that starts where nothing in the other images tells; ``--flair-2d`` brings
+that geometry back for the duration of the run. Two references bound what a synthetic FLAIR can reach inside the
+brain, each scored exactly as ``tests/test_shipped_models.py`` scores the shipped model (same fresh patient, seed
+9001; image moved with the true transform, N4 inside the true brain mask; SSIM after matching brain mean and SD):
 
 1. the **noise-free** FLAIR of the same acquisition: the ceiling set by the noise alone;
-2. a noise-free FLAIR whose slab grid is **shifted** along the slice axis by a fraction of the slice thickness: a
-   perfect predictor of the anatomy that does not know the FLAIR's slice positions.
+2. a noise-free FLAIR whose voxel grid is **shifted** along its third axis (the slice axis of the 2-D FLAIR) by a
+   fraction of a voxel: a perfect predictor of the anatomy that does not know where the FLAIR's voxels sit.
 
 The phantom has no switch for either, so this script swaps the FLAIR protocol's SNR and wraps the session
 placement for the duration of one cohort generation (the same seed draws the same anatomy, pose and bias).
 
-With ``--derivatives`` (participant-level outputs of a training cohort, e.g. the 8 phantom patients of
+With ``--derivatives`` (participant-level outputs of a training cohort, e.g. the phantom patients of
 ``benchmarks/train_shipped_models.py --stage phantom``), it also trains FCN variants (``--variants
 FEATURESxDEPTHxPATCHES``: filters, layers, patches per session and epoch; Adam 1e-3, 32³ patches, <= 30 epochs,
 early stopping on 2 of the subjects) and scores them on the same fresh 4 mm session: does capacity or training move
@@ -23,7 +23,7 @@ the synthetic FLAIR towards the ceiling?
 Run (about 1 minute per voxel size and shift; 2–10 minutes per variant on 2 CPU cores)::
 
     .venv/bin/python benchmarks/flair_ceiling.py --voxel-size 4 2 --shift 0.125 0.25 0.375 0.5 \
-        --derivatives /tmp/shipped/phantom/derivatives --variants 32x3x4 32x3x16 64x3x8 32x5x8
+        [--flair-2d] [--derivatives OUTPUT_DIR --variants 32x3x4 32x3x16 64x3x8 32x5x8]
 
 Results: ``benchmarks/results/flair_ceiling.md`` (the tables are printed; the Markdown report is written from them).
 """
@@ -35,7 +35,7 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import nibabel as nib
@@ -50,11 +50,24 @@ from msynth.phantom.cohort import generate_cohort
 from msynth.phantom.geometry import Grid
 
 SEED = 9001
+#: Paper 001's 2-D FLAIR, the phantom's until it became 3-D: voxel and field of view (mm) at ``--voxel-size 1``.
+FLAIR_2D_GRID_MM = ((0.9, 0.9, 3.0), (187.2, 230.4, 150.0))
+
+
+@contextmanager
+def former_2d_flair() -> Iterator[None]:
+    """Within the block the phantom acquires its FLAIR with paper 001's 2-D geometry (the contrast stays)."""
+    grid = cohort_module.GRIDS_MM["FLAIR"]
+    cohort_module.GRIDS_MM["FLAIR"] = FLAIR_2D_GRID_MM
+    try:
+        yield
+    finally:
+        cohort_module.GRIDS_MM["FLAIR"] = grid
 
 
 @contextmanager
 def flair_acquisition(*, noise_free: bool, slab_shift: float) -> Iterator[None]:
-    """Within the block, the phantom's FLAIR has no noise and/or a slab grid moved by ``slab_shift`` slices."""
+    """Within the block, the phantom's FLAIR has no noise and/or a grid moved by ``slab_shift`` voxels (3rd axis)."""
     protocol, place_session = mri.PROTOCOLS["FLAIR"], cohort_module.place_session
 
     def shifted_placement(*args, **kwargs):
@@ -97,7 +110,7 @@ def ceilings(voxel_size: float, shifts: list[float], scratch: Path) -> pd.DataFr
     for shift in [0.0, *shifts]:
         with flair_acquisition(noise_free=True, slab_shift=shift):
             clean, _ = flair_on_t1w_grid(scratch / f"clean-{shift:g}", voxel_size)
-        rows.append({"voxel_size_mm": voxel_size, "slab_shift_slices": shift,
+        rows.append({"voxel_size_mm": voxel_size, "grid_shift_voxels": shift,
                      "ssim_vs_acquired": round(ssim(matched(clean, acquired, brain), acquired, brain), 3)})
         print(rows[-1], flush=True)
     return pd.DataFrame(rows)
@@ -147,13 +160,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--voxel-size", type=float, nargs="+", default=[4.0])
     parser.add_argument("--shift", type=float, nargs="+", default=[0.25, 0.5],
-                        help="slab shifts, in slices (0 is always measured)")
+                        help="grid shifts along the FLAIR's third axis, in voxels (0 is always measured)")
+    parser.add_argument("--flair-2d", action="store_true",
+                        help="acquire the FLAIR with paper 001's 2-D geometry (the phantom's before it became 3-D)")
     parser.add_argument("--derivatives", type=Path, help="participant-level outputs to train FCN variants on")
     parser.add_argument("--variants", nargs="+", default=["32x3x4", "32x3x16", "64x3x8", "32x5x8"],
                         help="FEATURESxDEPTHxPATCHES of each FCN variant (with --derivatives)")
     parser.add_argument("--scratch", type=Path, default=None)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, (former_2d_flair() if args.flair_2d else nullcontext()):
         scratch = args.scratch or Path(tmp)
         table = pd.concat([ceilings(v, args.shift, scratch / f"{v:g}mm") for v in args.voxel_size])
         print(table.to_string(index=False))

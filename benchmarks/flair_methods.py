@@ -1,23 +1,27 @@
 """FLAIR synthesis: the method, input and width tables of paper 001 on a phantom cohort, and the real-data model.
 
-Usage (the runs behind ``benchmarks/results/flair_methods*``, on 2026-11-30, after
-``benchmarks/train_shipped_models.py --scratch /tmp/shipped``; each run merges its rows into the TSVs and rewrites
-the Markdown from all of them)::
+Usage (the runs behind ``benchmarks/results/flair_methods*``; each run merges its rows into the TSVs and rewrites
+the Markdown from all of them). The methods table, 2026-11-30 afternoon, after
+``benchmarks/train_shipped_models.py --scratch /tmp/shipped2 --stage phantom train``::
+
+    .venv/bin/python benchmarks/flair_methods.py --derivatives /tmp/shipped2/phantom/derivatives \
+        --work /tmp/shipped2/bench --folds 5 --voxel-size 2 --parts methods --methods FCN RF-60 MLP \
+        --fcn-folds /tmp/shipped2/train-work/flair-fcn-phantom/folds
+
+The widths, input-removal and real-data tables, 2026-11-30 morning, on the former 4 mm phantom (8 patients, 2-D
+FLAIR; ``--patches-per-session 4 --no-random-flips``, the settings of the models of the time)::
 
     B="benchmarks/flair_methods.py --derivatives /tmp/shipped/phantom/derivatives --work /tmp/shipped/bench --folds 5"
-    .venv/bin/python $B --parts methods --methods RF-60 MLP MP
-    .venv/bin/python $B --parts methods --methods FCN --fcn-folds /tmp/shipped/train-work/flair-fcn-phantom/folds
-    .venv/bin/python $B --parts methods --methods U-Net --part-folds 0
     .venv/bin/python $B --parts removal --part-folds 0
     .venv/bin/python $B --parts widths --part-folds 0
     .venv/bin/python $B --parts --lesjak-derivatives /tmp/shipped/lesjak/derivatives \
         --lesjak-folds /tmp/shipped/train-work/flair-fcn-lesjak-t1t2/folds
 
-(The FCN and U-Net runs wrote to a separate ``--out-dir`` while the baselines ran, and their rows were merged.)
 Without ``--part-folds`` every part runs all folds; ``--parts methods widths removal`` (the default) runs it all.
 
 The derivatives are msynth participant-level outputs (``benchmarks/train_shipped_models.py --stage phantom``
-makes them: a 4 mm phantom, 2 controls and 8 patients, session 01). Folds are over subjects, assigned exactly as
+makes them: a 2 mm phantom, 16 patients, session 01; ``--voxel-size 2`` loads them on the grid the shipped models
+train on). Folds are over subjects, assigned exactly as
 ``msynth-train`` does (:func:`msynth.models.training.assign_folds`, seed 42), so ``--fcn-folds`` can point at the
 fold checkpoints of the shipped ``flair-fcn-phantom`` (trained by ``msynth-train … --folds 5``) and the FCN row
 reuses them instead of training again; the FCN training time is then measured by retraining fold 0 once.
@@ -315,10 +319,12 @@ FINDINGS = "## Findings (written by hand after the run"
 NOTES = """\
 How to read these tables (the module docstring has the details):
 
-* Data: msynth participant-level outputs of a 4 mm phantom (8 patients, session 01; `benchmarks/train_shipped_models.py
-  --stage phantom`). 4 mm, 32 filters, Adam 1e-3, <= 30 epochs, 32^3 patches (4 per session and epoch): the settings
-  of the shipped `flair-fcn-phantom`, chosen so that everything fits on 2 shared CPU cores (paper 001: 1 mm-ish
-  volumes, 64 filters, SGD 5e-4). Folds over subjects as `msynth-train` assigns them (seed 42).
+* Data: msynth participant-level outputs of the phantom of `benchmarks/train_shipped_models.py --stage phantom`
+  (16 patients at 2 mm with a 3-D FLAIR, session 01), on a 2 mm grid (`--voxel-size 2`). 32 filters, Adam 1e-3,
+  <= 30 epochs, 32^3 patches (8 per session and epoch), random flips: the settings of the shipped
+  `flair-fcn-phantom`, chosen so that everything fits on 2 CPU cores (paper 001: 1 mm-ish volumes, 64 filters,
+  SGD 5e-4). Folds over subjects as `msynth-train` assigns them (seed 42). The widths and input-removal tables
+  are older: the 4 mm, 8-patient phantom with a 2-D FLAIR (see the findings).
 * Every method gets image-wise z-scored inputs and target; predictions are de-normalised with the acquired FLAIR's
   brain mean and SD, so MSE and SSIM measure contrast and structure, not the unpredictable scanner gain. Metrics
   inside the brain mask; Ratio 1/2 = mean in lesions / mean in NAWM / surrounding NAWM (5-voxel dilation), averaged
@@ -358,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--derivatives", type=Path, required=True, help="phantom participant-level outputs")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (caches, checkpoints)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--voxel-size", type=float, default=None,
+                        help="isotropic grid of the phantom part, as msynth-train --voxel-size (default: space-T1w)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--parts", nargs="*", default=["methods", "widths", "removal"],
                         choices=("methods", "widths", "removal"))
@@ -369,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--patch-size", type=int, default=32)
-    parser.add_argument("--patches-per-session", type=int, default=4)
+    parser.add_argument("--patches-per-session", type=int, default=8)
+    parser.add_argument("--random-flips", action=argparse.BooleanOptionalAction, default=True,
+                        help="mirror training patches (as the shipped phantom models; default: on)")
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-voxels", type=int, default=20000)
@@ -384,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    sessions = load_sessions(args.derivatives, ALL_INPUTS, None, args.work / "cache")
+    sessions = load_sessions(args.derivatives, ALL_INPUTS, args.voxel_size, args.work / "cache")
     subjects = sorted({s.subject for s in sessions})
     folds = assign_folds(subjects, args.folds, SEED)
     shape = sessions[0].volume.mask.shape
@@ -392,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     def config(**changes) -> TrainingConfig:
         base = {"architecture": "fcn", "arguments": {"features": args.features, "depth": 3},
                 "optimizer": args.optimizer, "lr": args.lr, "max_epochs": args.epochs, "patch_size": args.patch_size,
-                "patches_per_session": args.patches_per_session, "seed": SEED}
+                "patches_per_session": args.patches_per_session, "random_flips": args.random_flips, "seed": SEED}
         return TrainingConfig(**{**base, **changes})
 
     results: dict[str, pd.DataFrame] = {}

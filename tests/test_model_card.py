@@ -32,7 +32,7 @@ def make_card(inputs: tuple[str, ...] = INPUTS, name: str = "flair-test", featur
             n_sessions=5, data_source="msynth phantom", data_license="CC0", data_citation="Wei et al. 2019",
             command="msynth-train flair --derivatives out --out model", seed=42,
             optimizer={"name": "sgd", "lr": 5e-4, "momentum": 0.0, "batch_size": 1}, epochs=12, patch_size=64,
-            early_stopping={"strip_length": 5, "strips": 3},
+            early_stopping={"strip_length": 5, "strips": 3}, augmentation=("random_flips",),
             cv=(FoldMetrics(0, 2, 1, 1234.5, 25.25, 0.8125, 10), FoldMetrics(1, 2, 1, 1500.0, 24.0, 0.75, 15)),
         ),
     )
@@ -45,6 +45,7 @@ def test_card_round_trip(tmp_path: Path) -> None:
     again = read_card(tmp_path / "model")
     assert again == card
     assert again.training.cv[1].ssim == 0.75
+    assert again.training.augmentation == ("random_flips",)
     assert set(again.versions) >= {"msynth", "torch", "python"}
 
 
@@ -78,6 +79,7 @@ def _mutate(data: dict, dotted: str, value: object) -> None:
     ("training.subjects", ["01", "02"], "field 'training.subjects' must be a non-empty list of SHA-256"),
     ("training.optimizer", {"name": "rmsprop", "lr": 1e-3}, "field 'training.optimizer.name'"),
     ("training.cv.0.mse", "low", "field 'training.cv[0].mse' must be a number"),
+    ("training.augmentation", ["rotations"], "field 'training.augmentation' must be a list of random_flips"),
     ("training.early_stopping.strips", 0, "field 'training.early_stopping.strips' must be an integer >= 1"),
     ("created", "yesterday", "field 'created' must be an ISO 8601 date"),
     ("intensity_normalisation", "global", "field 'intensity_normalisation' must be one of cohort, image"),

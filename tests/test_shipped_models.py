@@ -1,19 +1,18 @@
 """The FLAIR-synthesis models shipped in ``msynth/models/weights/``: cards, weights, size, and accuracy.
 
-The accuracy test runs the 5-input phantom model on a fresh 4 mm phantom patient (seed 9001, never used in
-training: the training cohort is seed 2026, ``benchmarks/train_shipped_models.py``). To stay fast it does not run
-the participant level: each input is brought onto the T1w grid through the phantom's true transform and N4-corrected
-inside the true brain mask (:func:`msynth.phantom.aligned.align_session`), the lesion mask is the truth, and NAWM is
-the truth WM probability >= 0.5 minus lesions (:func:`msynth.segmentation.regions.nawm_mask`).
+The accuracy test runs the 5-input phantom model on a fresh phantom patient (seed 9001, never used in training: the
+training cohort is seed 2026, ``benchmarks/train_shipped_models.py``) generated at the model card's voxel size
+(2 mm). To stay fast it does not run the participant level: each input is brought onto the T1w grid through the
+phantom's true transform, N4-corrected inside the true brain mask and resampled onto the model's 2 mm grid
+(:func:`msynth.phantom.aligned.align_session`), the lesion mask is the truth, and NAWM is the truth WM probability
+>= 0.5 minus lesions (:func:`msynth.segmentation.regions.nawm_mask`).
 
-The bounds are the numbers measured when the model was trained (``benchmarks/results/shipped_models.md``) less a
-small margin for platform differences. They are below issue 6's target (SSIM >= 0.90, synthetic Ratio 1 >= 0.85 of
-the acquired): the shipped 4 mm FCN-32 reaches SSIM 0.875 here, and its Ratio 1 (0.985) shows no lesion contrast;
-it meets 0.85 of the acquired ratio only because the acquired contrast of this session's 14 lesion voxels is itself
-low at 4 mm (1.149). Why the SSIM target is out of reach on this phantom — the acquired FLAIR's 12 mm slabs sit
-where nothing in the inputs says: ``benchmarks/results/flair_ceiling.md``.
+Issue 6's lesion-contrast target (synthetic Ratio 1 >= 0.85 of the acquired) is asserted as it stands. Its SSIM
+target (>= 0.90) is not met: the model reaches 0.891 here, where even a noise-free FLAIR of this session scores only
+0.911 against the acquired one at 2 mm (``benchmarks/results/flair_ceiling.md``); the SSIM bound is the measured
+value (``benchmarks/results/shipped_models.md``) less a margin for platform differences.
 
-The test takes 12 s on this project's 2-core machine when idle (104 s at load average 8.5).
+The module takes 93 s on this project's 2-core machine with two trainings running beside it.
 """
 
 from __future__ import annotations
@@ -70,9 +69,10 @@ def test_phantom_model_on_a_fresh_session(tmp_path):
     from msynth.segmentation.regions import nawm_mask
 
     model_dir = WEIGHTS_DIR / "flair-fcn-phantom"
-    cohort = generate_cohort(tmp_path / "bids", n_controls=0, n_patients=1, voxel_size=4.0, seed=9001)
+    card, model = load_model(model_dir)
+    cohort = generate_cohort(tmp_path / "bids", n_controls=0, n_patients=1, voxel_size=card.voxel_size_mm, seed=9001)
     session = align_session(cohort, "MS01", "01", ["T1w", "T2w", "PDw", "T1SE", "DIR", "FLAIR"],
-                            newpath=tmp_path / "prep")
+                            newpath=tmp_path / "prep", voxel_size=card.voxel_size_mm)
     images, mask_file, lesion_file, wm_file = (session.images, session.brain_mask, session.lesion_mask,
                                                session.wm_probseg)
     brain = np.asarray(nib.load(mask_file).dataobj) > 0
@@ -86,14 +86,13 @@ def test_phantom_model_on_a_fresh_session(tmp_path):
     assert synthetic.shape == brain.shape and np.all(synthetic[~brain] == 0)
 
     # as in the card's cross-validation: de-normalised with the acquired FLAIR's own brain statistics
-    card, model = load_model(model_dir)
     predicted = predict_session(model, session.volume(), inputs=channels_of(card.inputs), output="FLAIR",
                                 normalisation=card.normalisation, window=96, scope=card.intensity_normalisation)
 
-    # measured 2026-11-30 (see the module docstring): SSIM 0.875; Ratio 1 acquired 1.149, synthetic file 0.985,
-    # prediction 0.992 (0.857 and 0.864 of the acquired) — this session has 14 lesion voxels at 4 mm
+    # measured 2026-11-30 (see the module docstring): SSIM 0.891; Ratio 1 acquired 1.121, synthetic file 1.065,
+    # prediction 1.038 (0.95 and 0.93 of the acquired) — this session has 163 lesion voxels at 2 mm
     ratio_acquired = ratio1(acquired, lesion, nawm)
-    assert ratio_acquired == pytest.approx(1.149, abs=0.01)
-    assert ssim(predicted, acquired, brain) >= 0.86
-    assert ratio1(synthetic, lesion, nawm) >= 0.83 * ratio_acquired
-    assert ratio1(predicted, lesion, nawm) >= 0.83 * ratio_acquired
+    assert ratio_acquired == pytest.approx(1.121, abs=0.01)
+    assert ssim(predicted, acquired, brain) >= 0.88
+    assert ratio1(synthetic, lesion, nawm) >= 0.85 * ratio_acquired
+    assert ratio1(predicted, lesion, nawm) >= 0.85 * ratio_acquired

@@ -121,6 +121,28 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 
+def test_random_flips_keep_inputs_and_target_aligned(tmp_path):
+    """Mirrored patches still teach the map (a misaligned target would not), reproducibly, and they do mirror."""
+    train = [_synthetic_volume("A", 0), _synthetic_volume("B", 1)]
+    validation = [_synthetic_volume("C", 2)]
+    stats = compute_normalisation(train, ("T1w", "T2w", "FLAIR"))
+
+    def run(folder: str, flips: bool):
+        config = TrainingConfig(arguments={"features": 4, "depth": 3}, optimizer="adam", lr=3e-3, max_epochs=10,
+                                patch_size=12, patches_per_session=4, window=20, seed=7, random_flips=flips)
+        return train_model(train, validation, inputs=["T1w", "T2w"], outputs=["FLAIR"], normalisation=stats,
+                           config=config, out_dir=tmp_path / folder)
+
+    flipped, again, plain = run("flipped", True), run("again", True), run("plain", False)
+    errors = [r.validation_error for r in flipped.history]
+    assert min(errors[1:]) < 0.3 * errors[0]
+    for name, tensor in flipped.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+    assert not torch.equal(flipped.model.state_dict()["layers.0.weight"], plain.model.state_dict()["layers.0.weight"])
+    with pytest.raises(ValueError, match="random_flips must be True or False"):
+        TrainingConfig(random_flips="yes")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 4 mm phantom derivatives
 # ----------------------------------------------------------------------------------------------------------------

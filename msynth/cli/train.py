@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--intensity-normalisation", choices=("image", "cohort"), default="image",
                      help="z-score each image by its own brain statistics (default), or all by the training "
                      "cohort's (paper 001)")
+    opt.add_argument("--random-flips", action="store_true",
+                     help="mirror each training patch along each axis with probability 1/2 (augmentation for small "
+                     "cohorts; default: off, as paper 001)")
     opt.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="optimiser (default: sgd)")
     opt.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-4 sgd, 1e-4 adam)")
     opt.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             architecture=args.architecture, arguments=_network_arguments(args), optimizer=args.optimizer,
             lr=args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer], max_epochs=args.epochs,
             patch_size=args.patch_size, patches_per_session=args.patches_per_session, seed=args.seed,
-            intensity_normalisation=args.intensity_normalisation)
+            intensity_normalisation=args.intensity_normalisation, random_flips=args.random_flips)
         from msynth.models.card import channels_of
         from msynth.models.networks import build_network
 

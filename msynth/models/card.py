@@ -147,6 +147,8 @@ class TrainingRecord:
         Edge length of the cubic training patches (voxels).
     early_stopping
         Strip length ``q`` and number of strips ``p`` of the stopping rule.
+    augmentation
+        Training-data augmentations (``'random_flips'``); empty: none (cards written before it existed have none).
     cv
         One :class:`FoldMetrics` per cross-validation fold (empty when not cross-validated).
     """
@@ -163,6 +165,7 @@ class TrainingRecord:
     epochs: int
     patch_size: int
     early_stopping: dict[str, int]
+    augmentation: tuple[str, ...] = ()
     cv: tuple[FoldMetrics, ...] = ()
 
 
@@ -238,6 +241,7 @@ class ModelCard:
         training = dict(data["training"])
         training["cv"] = tuple(FoldMetrics(**fold) for fold in training.get("cv", []))
         training["subjects"] = tuple(training["subjects"])
+        training["augmentation"] = tuple(training.get("augmentation", ()))
         return cls(
             name=data["name"], task=data["task"], inputs=tuple(data["inputs"]), output=data["output"],
             voxel_size_mm=None if data["voxel_size_mm"] is None else float(data["voxel_size_mm"]),
@@ -257,7 +261,8 @@ _TOP_FIELDS = ("name", "task", "inputs", "output", "voxel_size_mm", "normalisati
                "architecture",
                "architecture_arguments", "training", "versions", "created", "schema_version")
 _TRAINING_FIELDS = ("subjects", "salt_fingerprint", "n_sessions", "data_source", "data_license", "data_citation",
-                    "command", "seed", "optimizer", "epochs", "patch_size", "early_stopping", "cv")
+                    "command", "seed", "optimizer", "epochs", "patch_size", "early_stopping", "augmentation", "cv")
+AUGMENTATIONS = ("random_flips",)
 _FOLD_FIELDS = ("fold", "n_train", "n_test", "mse", "psnr", "ssim", "epochs")
 
 
@@ -368,7 +373,7 @@ def _validate_fields(data: Mapping[str, Any]) -> None:
 
 
 def _validate_training(training: Any) -> None:
-    _check_keys(training, _TRAINING_FIELDS[:-1], "training", optional=("cv",))
+    _check_keys(training, _TRAINING_FIELDS[:-2], "training", optional=("augmentation", "cv"))
     subjects = training["subjects"]
     if (not isinstance(subjects, (list, tuple)) or not subjects
             or not all(isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdef" for c in s)
@@ -391,6 +396,9 @@ def _validate_training(training: Any) -> None:
     _check_keys(stopping, ("strip_length", "strips"), "training.early_stopping")
     _check_count(stopping["strip_length"], "training.early_stopping.strip_length", 1)
     _check_count(stopping["strips"], "training.early_stopping.strips", 1)
+    augmentation = training.get("augmentation", [])
+    if not isinstance(augmentation, (list, tuple)) or not set(augmentation) <= set(AUGMENTATIONS):
+        raise _Bad("training.augmentation", f"must be a list of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
     folds = training.get("cv", [])
     if not isinstance(folds, (list, tuple)):
         raise _Bad("training.cv", "must be a list of folds")

@@ -94,6 +94,10 @@ class TrainingConfig:
         training set, as paper 001); see :func:`msynth.models.data.normalise`.
     window
         Sliding-window edge for validation predictions.
+    random_flips
+        Mirror each training patch (inputs and target together) along each axis with probability 1/2: an
+        augmentation that paper 001 does not use, for small cohorts (the map from sequences to FLAIR does not
+        depend on orientation).
     """
 
     architecture: str = "fcn"
@@ -109,6 +113,7 @@ class TrainingConfig:
     seed: int = 42
     intensity_normalisation: Literal["cohort", "image"] = "image"
     window: int = 96
+    random_flips: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -126,6 +131,8 @@ class TrainingConfig:
                              f"got {self.intensity_normalisation!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.random_flips, bool):
+            raise ValueError(f"random_flips must be True or False, got {self.random_flips!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -490,6 +497,10 @@ def train_model(
                 x, y = _patch(volume, corner, size, inputs, outputs, train_stats[id(volume)])
                 xb = torch.from_numpy(x)[None].to(device)
                 yb = torch.from_numpy(y)[None].to(device)
+                if config.random_flips:
+                    axes = [axis + 2 for axis in range(3) if rng.random() < 0.5]  # batch and channel axes first
+                    if axes:
+                        xb, yb = xb.flip(axes), yb.flip(axes)
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xb), yb)
                 loss.backward()
@@ -872,6 +883,7 @@ def cross_validate(
             epochs=max(1, int(result.best_epoch)),
             patch_size=config.patch_size,
             early_stopping={"strip_length": config.strip_length, "strips": config.strips},
+            augmentation=("random_flips",) if config.random_flips else (),
             cv=tuple(cv),
         ),
     )

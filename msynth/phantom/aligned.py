@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -40,7 +41,7 @@ class AlignedSession:
 
 
 def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequence[str], *,
-                  newpath: str | Path) -> AlignedSession:
+                  newpath: str | Path, voxel_size: float | None = None) -> AlignedSession:
     """Move ``keys`` (MR modality keys of :data:`msynth.phantom.mri.PROTOCOLS`) of one session onto its T1w grid.
 
     Parameters
@@ -53,6 +54,9 @@ def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequen
         Modalities to bring (``"T1w"`` is only bias-corrected).
     newpath
         Output directory.
+    voxel_size
+        Isotropic voxel size (mm) of a model's grid on the T1w field of view (as the synthesis node resamples for a
+        card's ``voxel_size_mm``); images and truth masks are then resampled onto it. ``None``: the T1w grid.
 
     Returns
     -------
@@ -60,6 +64,7 @@ def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequen
     """
     from msynth.preprocessing.bias import n4_correct
     from msynth.preprocessing.registration import apply_transform
+    from msynth.preprocessing.resample import to_target_space
 
     newpath = Path(newpath)
     label = f"sub-{subject}_ses-{session}"
@@ -74,5 +79,12 @@ def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequen
             raw = apply_transform(raw, t1w, truth / f"{label}_from-{key}_to-T1w_mode-image_xfm.mat",
                                   newpath=newpath, suffix="t1w")
         images[key] = Path(n4_correct(raw, newpath=newpath, mask=brain).corrected)
-    return AlignedSession(subject, session, images, brain, truth / f"{label}_space-T1w_label-lesion_mask.nii.gz",
-                          truth / f"{label}_space-T1w_label-WM_probseg.nii.gz")
+    lesion = truth / f"{label}_space-T1w_label-lesion_mask.nii.gz"
+    wm = truth / f"{label}_space-T1w_label-WM_probseg.nii.gz"
+    if voxel_size is not None:
+        def to_model_grid(path: Path, interpolation: Literal["linear", "nearest"] = "linear") -> Path:
+            return to_target_space(path, t1w, newpath=newpath, voxel_size=voxel_size, interpolation=interpolation)
+
+        images = {key: to_model_grid(path) for key, path in images.items()}
+        brain, lesion, wm = to_model_grid(brain, "nearest"), to_model_grid(lesion, "nearest"), to_model_grid(wm)
+    return AlignedSession(subject, session, images, brain, lesion, wm)

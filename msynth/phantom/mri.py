@@ -11,8 +11,13 @@ Signal equations (magnitude, per compartment, summed with the compartment fracti
   ``S = PD |Mz(TE=0)| exp(-TE/T2)``.  FLAIR's inversion time nulls the nominal CSF; DIR's two inversion times null
   the nominal CSF and white matter (Redpath TW, Smith FW, Br J Radiol 1994;67:1258-1263).
 
-Protocols follow the papers' acquisitions (paper 001: T1w 1x1x1.1 mm, T2w/PDw/FLAIR 0.9x0.9x3 mm, T1 spin echo
-1x1x3 mm, DIR 1 mm; thesis: MTR 1x1x1.1 mm, DTI 2 mm, all at 3 T).  ``--voxel-size`` multiplies every voxel size.
+Protocols follow the papers' acquisitions (paper 001: T1w 1x1x1.1 mm, T2w/PDw 0.9x0.9x3 mm, T1 spin echo 1x1x3 mm,
+DIR 1 mm; thesis: MTR 1x1x1.1 mm, DTI 2 mm, all at 3 T), except the FLAIR: paper 001's was 2-D (0.9x0.9x3 mm), but
+the 2021 MAGNIMS-CMSC-NAIMS consensus on MRI in MS (Wattjes MP et al., Lancet Neurol 2021;20:653-670) makes a 3-D
+FLAIR of about 1 mm isotropic the core sequence, so the phantom acquires it that way (TR 5000 ms, the inversion time
+that nulls CSF, an equivalent TE of 100 ms as variable-flip-angle 3-D turbo spin echo is designed to give).  A 2-D
+FLAIR would also set an unknowable target for synthesis: where its thick slices start is told by no other image
+(``benchmarks/results/flair_ceiling.md``).  ``--voxel-size`` multiplies every voxel size.
 Noise is Rician with a per-sequence SNR of the nominal brightest brain tissue; the bias field is a smooth random
 field fixed to the scanner (not the head); the gain is a global log-normal scale, as scanners do not calibrate
 intensities.
@@ -120,7 +125,7 @@ def _bind(fn: Callable[..., np.ndarray], **timing: float) -> Signal:
     return lambda pd, t1, t2: fn(pd, t1, t2, **timing)
 
 
-_FLAIR_TR = 9000.0
+_FLAIR_TR = 5000.0
 _FLAIR_TI = flair_inversion_time(_FLAIR_TR, NOMINAL["CSF"].t1_ms)
 _DIR_TR = 7500.0
 _DIR_TI = dir_inversion_times(_DIR_TR, NOMINAL["CSF"].t1_ms, NOMINAL["WM"].t1_ms)
@@ -148,11 +153,12 @@ PROTOCOLS: dict[str, MRProtocol] = {
                    _bind(spin_echo, tr=4000.0, te=12.0),
                    _sidecar(4000.0, 12.0, FlipAngle=90.0, MRAcquisitionType="2D", ScanningSequence="SE",
                             SequenceVariant="NONE", PulseSequenceType="Turbo spin echo, dual echo (first echo)")),
-        MRProtocol("FLAIR", "FLAIR", (0.9, 0.9, 3.0), (187.2, 230.4, 150.0), 20.0, 0.10,
+        MRProtocol("FLAIR", "FLAIR", (1.0, 1.0, 1.0), (192.0, 240.0, 176.0), 20.0, 0.10,
                    _bind(inversion_recovery, tr=_FLAIR_TR, te=100.0, inversion_times=(_FLAIR_TI,)),
                    _sidecar(_FLAIR_TR, 100.0, InversionTime=round(_FLAIR_TI) / 1000.0, FlipAngle=90.0,
-                            MRAcquisitionType="2D", ScanningSequence=["SE", "IR"], SequenceVariant="NONE",
-                            PulseSequenceType="Fluid-attenuated inversion recovery turbo spin echo")),
+                            MRAcquisitionType="3D", ScanningSequence=["SE", "IR"], SequenceVariant="NONE",
+                            PulseSequenceType="3-D fluid-attenuated inversion recovery turbo spin echo "
+                            "(variable refocusing flip angles)")),
         MRProtocol("T1SE", "acq-SE_T1w", (1.0, 1.0, 3.0), (192.0, 256.0, 150.0), 25.0, 0.10,
                    _bind(spin_echo, tr=600.0, te=11.0),
                    _sidecar(600.0, 11.0, FlipAngle=90.0, MRAcquisitionType="2D", ScanningSequence="SE",
