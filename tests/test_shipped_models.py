@@ -12,7 +12,7 @@ target (>= 0.90) is not met: the model reaches 0.891 here, where even a noise-fr
 0.911 against the acquired one at 2 mm (``benchmarks/results/flair_ceiling.md``); the SSIM bound is the measured
 value (``benchmarks/results/shipped_models.md``) less a margin for platform differences.
 
-The module takes 93 s on this project's 2-core machine with two trainings running beside it.
+The module takes 35 s on this project's 2-core machine when idle (93 s with two trainings running beside it).
 """
 
 from __future__ import annotations
