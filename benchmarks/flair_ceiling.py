@@ -121,15 +121,12 @@ def fcn_variants(derivatives: Path, variants: list[str], scratch: Path) -> pd.Da
     from msynth.analysis.metrics import mse, ratio1
     from msynth.models.data import compute_normalisation, find_examples, load_volume
     from msynth.models.training import TrainingConfig, predict_session, split_validation, train_model
-    from msynth.segmentation.regions import nawm_mask
 
     inputs = ["T1w", "T2w", "PDw", "T1SE", "DIR"]
     cohort = generate_cohort(scratch / "fresh" / "bids", n_controls=0, n_patients=1, voxel_size=4.0, seed=SEED)
     session = align_session(cohort, "MS01", "01", [*inputs, "FLAIR"], newpath=scratch / "fresh" / "aligned")
-    brain = np.asarray(nib.load(session.brain_mask).dataobj) > 0
-    lesion = (np.asarray(nib.load(session.lesion_mask).dataobj) > 0) & brain
-    nawm = nawm_mask(np.asarray(nib.load(session.wm_probseg).dataobj), lesion, brain)
-    acquired = np.asarray(nib.load(session.images["FLAIR"]).dataobj, dtype=np.float64) * brain
+    brain, lesion, nawm = session.truth_regions()
+    acquired = session.acquired("FLAIR", brain)
     fresh = session.volume()
 
     volumes = [load_volume(example) for example in find_examples(derivatives, inputs, "FLAIR")]

@@ -238,10 +238,6 @@ def stage_evaluate(scratch: Path) -> None:
     from msynth.models.training import predict_session
     from msynth.phantom.aligned import align_session
     from msynth.phantom.cohort import generate_cohort
-    from msynth.segmentation.regions import nawm_mask
-
-    def array(path: Path) -> np.ndarray:
-        return np.asarray(nib.load(path).dataobj, dtype=np.float64)
 
     folder = scratch / "fresh"
     keys = ["T1w", "T2w", "PDw", "T1SE", "DIR", "FLAIR"]
@@ -256,14 +252,13 @@ def stage_evaluate(scratch: Path) -> None:
             sessions[voxel] = align_session(cohort, "MS01", "01", keys, newpath=folder / f"{voxel}mm" / "aligned",
                                             voxel_size=voxel)
         session = sessions[voxel]
-        brain = array(session.brain_mask) > 0
-        lesion = (array(session.lesion_mask) > 0) & brain
-        nawm = nawm_mask(array(session.wm_probseg), lesion, brain)
-        acquired = array(session.images["FLAIR"]) * brain
+        brain, lesion, nawm = session.truth_regions()
+        acquired = session.acquired("FLAIR", brain)
         predicted = predict_session(model, session.volume(), inputs=channels_of(card.inputs), output="FLAIR",
                                     normalisation=card.normalisation, window=96, scope=card.intensity_normalisation)
-        synthetic = array(synthesize(WEIGHTS / name, {k: session.images[k] for k in inputs}, session.brain_mask,
-                                     newpath=folder / "synth" / name, device="cpu"))
+        synthetic = np.asarray(nib.load(synthesize(WEIGHTS / name, {k: session.images[k] for k in inputs},
+                                                   session.brain_mask, newpath=folder / "synth" / name,
+                                                   device="cpu")).dataobj, dtype=np.float64)
         rows.append({"model": name, "inputs": " ".join(inputs), "ssim": round(ssim(predicted, acquired, brain), 3),
                      "mse": round(mse(predicted, acquired, brain)),
                      "ratio1_prediction": round(ratio1(predicted, lesion, nawm), 3),

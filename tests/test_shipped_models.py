@@ -66,22 +66,17 @@ def test_phantom_model_on_a_fresh_session(tmp_path):
     from msynth.models.training import predict_session
     from msynth.phantom.aligned import align_session
     from msynth.phantom.cohort import generate_cohort
-    from msynth.segmentation.regions import nawm_mask
 
     model_dir = WEIGHTS_DIR / "flair-fcn-phantom"
     card, model = load_model(model_dir)
     cohort = generate_cohort(tmp_path / "bids", n_controls=0, n_patients=1, voxel_size=card.voxel_size_mm, seed=9001)
     session = align_session(cohort, "MS01", "01", ["T1w", "T2w", "PDw", "T1SE", "DIR", "FLAIR"],
                             newpath=tmp_path / "prep", voxel_size=card.voxel_size_mm)
-    images, mask_file, lesion_file, wm_file = (session.images, session.brain_mask, session.lesion_mask,
-                                               session.wm_probseg)
-    brain = np.asarray(nib.load(mask_file).dataobj) > 0
-    lesion = (np.asarray(nib.load(lesion_file).dataobj) > 0) & brain
-    nawm = nawm_mask(np.asarray(nib.load(wm_file).dataobj), lesion, brain)
-    acquired = np.asarray(nib.load(images["FLAIR"]).dataobj, dtype=np.float64) * brain
+    brain, lesion, nawm = session.truth_regions()
+    acquired = session.acquired("FLAIR", brain)
 
     # the public path: a synthetic FLAIR file in the card's units (cohort FLAIR statistics)
-    out = synthesize(model_dir, images, mask_file, newpath=tmp_path / "synth", device="cpu")
+    out = synthesize(model_dir, session.images, session.brain_mask, newpath=tmp_path / "synth", device="cpu")
     synthetic = np.asarray(nib.load(out).dataobj, dtype=np.float64)
     assert synthetic.shape == brain.shape and np.all(synthetic[~brain] == 0)
 

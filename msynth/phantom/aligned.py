@@ -39,6 +39,18 @@ class AlignedSession:
         return Volume(self.subject, self.session, tuple(self.images), data, np.asarray(mask.dataobj) > 0,
                       mask.affine)
 
+    def truth_regions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Brain, lesion (inside the brain) and NAWM (:func:`msynth.segmentation.regions.nawm_mask`) from the truth."""
+        from msynth.segmentation.regions import nawm_mask
+
+        brain = np.asarray(nib.load(self.brain_mask).dataobj) > 0
+        lesion = (np.asarray(nib.load(self.lesion_mask).dataobj) > 0) & brain
+        return brain, lesion, nawm_mask(np.asarray(nib.load(self.wm_probseg).dataobj), lesion, brain)
+
+    def acquired(self, key: str, brain: np.ndarray) -> np.ndarray:
+        """The image of ``key`` (float64), 0 outside ``brain``."""
+        return np.asarray(nib.load(self.images[key]).dataobj, dtype=np.float64) * brain
+
 
 def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequence[str], *,
                   newpath: str | Path, voxel_size: float | None = None) -> AlignedSession:
