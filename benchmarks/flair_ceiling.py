@@ -4,8 +4,10 @@ The phantom's FLAIR is a 3-D acquisition (1 mm isotropic at ``--voxel-size 1``) 
 to be paper 001's 2-D acquisition (0.9 × 0.9 × 3 mm, so 12 mm slices at 4 mm), whose voxels, brought onto the T1w
 grid, mix the anatomy of a whole slab that starts where nothing in the other images tells; ``--flair-2d`` brings
 that geometry back for the duration of the run. Two references bound what a synthetic FLAIR can reach inside the
-brain, each scored exactly as ``tests/test_shipped_models.py`` scores the shipped model (same fresh patient, seed
-9001; image moved with the true transform, N4 inside the true brain mask; SSIM after matching brain mean and SD):
+brain, each scored as ``tests/test_shipped_models.py`` scores the shipped model (same fresh patient, seed 9001; image
+moved with the true transform, N4 inside the true brain mask; SSIM after matching brain mean and SD), on two grids:
+the T1w grid (``space-T1w``, where the participant level writes the synthetic FLAIR) and the model's grid (the
+isotropic ``--voxel-size`` grid on the T1w field of view, where the synthesis node predicts and the test scores):
 
 1. the **noise-free** FLAIR of the same acquisition: the ceiling set by the noise alone;
 2. a noise-free FLAIR whose voxel grid is **shifted** along its third axis (the slice axis of the 2-D FLAIR) by a
@@ -88,12 +90,20 @@ def flair_acquisition(*, noise_free: bool, slab_shift: float) -> Iterator[None]:
         mri.PROTOCOLS["FLAIR"], cohort_module.place_session = protocol, place_session
 
 
-def flair_on_t1w_grid(root: Path, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Generate the fresh patient and return its FLAIR on the T1w grid (true transform, N4) and the brain mask."""
+def flair_on_grids(root: Path, voxel_size: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Generate the fresh patient; its FLAIR and brain mask on the T1w grid and on the model's grid.
+
+    Both through the true transform and N4; the model's grid is the isotropic ``voxel_size`` grid on the T1w field
+    of view that the synthesis node (and ``tests/test_shipped_models.py``) resamples to for a card of that voxel size.
+    """
     cohort = generate_cohort(root / "bids", n_controls=0, n_patients=1, voxel_size=voxel_size, seed=SEED)
-    session = align_session(cohort, "MS01", "01", ["FLAIR"], newpath=root / "aligned")
-    return (np.asarray(nib.load(session.images["FLAIR"]).dataobj, dtype=np.float64),
-            np.asarray(nib.load(session.brain_mask).dataobj) > 0)
+    grids = {}
+    for grid, model_voxel in (("t1w_grid", None), ("model_grid", voxel_size)):
+        session = align_session(cohort, "MS01", "01", ["FLAIR"], newpath=root / f"aligned-{grid}",
+                                voxel_size=model_voxel)
+        grids[grid] = (np.asarray(nib.load(session.images["FLAIR"]).dataobj, dtype=np.float64),
+                       np.asarray(nib.load(session.brain_mask).dataobj) > 0)
+    return grids
 
 
 def matched(image: np.ndarray, reference: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -103,15 +113,17 @@ def matched(image: np.ndarray, reference: np.ndarray, brain: np.ndarray) -> np.n
 
 
 def ceilings(voxel_size: float, shifts: list[float], scratch: Path) -> pd.DataFrame:
-    """SSIM against the acquired FLAIR of the noise-free FLAIR, unshifted and shifted."""
-    acquired, brain = flair_on_t1w_grid(scratch / "acquired", voxel_size)
-    acquired *= brain
+    """SSIM against the acquired FLAIR of the noise-free FLAIR, unshifted and shifted, on both grids."""
+    acquired = flair_on_grids(scratch / "acquired", voxel_size)
     rows = []
     for shift in [0.0, *shifts]:
         with flair_acquisition(noise_free=True, slab_shift=shift):
-            clean, _ = flair_on_t1w_grid(scratch / f"clean-{shift:g}", voxel_size)
-        rows.append({"voxel_size_mm": voxel_size, "grid_shift_voxels": shift,
-                     "ssim_vs_acquired": round(ssim(matched(clean, acquired, brain), acquired, brain), 3)})
+            clean = flair_on_grids(scratch / f"clean-{shift:g}", voxel_size)
+        row = {"voxel_size_mm": voxel_size, "grid_shift_voxels": shift}
+        for grid, (reference, brain) in acquired.items():
+            reference = reference * brain
+            row[f"ssim_{grid}"] = round(ssim(matched(clean[grid][0], reference, brain), reference, brain), 3)
+        rows.append(row)
         print(rows[-1], flush=True)
     return pd.DataFrame(rows)
 

@@ -94,7 +94,7 @@ def _synthetic_volume(subject: str, seed: int) -> Volume:
     return Volume(subject, None, ("T1w", "T2w", "FLAIR"), data, mask, np.eye(4))
 
 
-def test_resume_after_interruption_gives_identical_weights(tmp_path):
+def test_resume_after_interruption_gives_identical_weights(tmp_path, caplog):
     train = [_synthetic_volume("A", 0), _synthetic_volume("B", 1)]
     validation = [_synthetic_volume("C", 2)]
     stats = compute_normalisation(train, ("T1w", "T2w", "FLAIR"))
@@ -119,6 +119,16 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
     assert resumed.best_epoch == whole.best_epoch
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+    # a finished run continues when only max_epochs grows (7 is no strip end: its last epoch is checkpointed too)
+    shorter = TrainingConfig(**{**config.to_dict(), "max_epochs": 7})
+    train_model(train, validation, out_dir=tmp_path / "extended", **{**options, "config": shorter})
+    with caplog.at_level(logging.INFO, logger="msynth.models"):
+        extended = train_model(train, validation, out_dir=tmp_path / "extended", **options)
+    assert "resuming after epoch 7" in caplog.text
+    assert [r.validation_error for r in extended.history[1:]] == [r.validation_error for r in whole.history[1:]]
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, extended.model.state_dict()[name]), name
 
 
 def test_random_flips_keep_inputs_and_target_aligned(tmp_path):
