@@ -1,12 +1,15 @@
 """FLAIR synthesis: the method, input and width tables of paper 001 on a phantom cohort, and the real-data model.
 
 Usage (the runs behind ``benchmarks/results/flair_methods*``; each run merges its rows into the TSVs and rewrites
-the Markdown from all of them). The methods table, 2026-11-30 afternoon, after
-``benchmarks/train_shipped_models.py --scratch /tmp/shipped2 --stage phantom train``::
+the Markdown from all of them). The methods table, 2026-11-30, after
+``benchmarks/train_shipped_models.py --scratch /tmp/shipped2 --stage phantom train``: all three methods in the
+afternoon, the FCN row again in the evening once ``flair-fcn-phantom`` had trained to <= 90 epochs (its rows
+replace the afternoon's)::
 
-    .venv/bin/python benchmarks/flair_methods.py --derivatives /tmp/shipped2/phantom/derivatives \
-        --work /tmp/shipped2/bench --folds 5 --voxel-size 2 --parts methods --methods FCN RF-60 MLP \
-        --fcn-folds /tmp/shipped2/train-work/flair-fcn-phantom/folds
+    B="benchmarks/flair_methods.py --derivatives /tmp/shipped2/phantom/derivatives --work /tmp/shipped2/bench \
+        --folds 5 --voxel-size 2 --parts methods"
+    .venv/bin/python $B --methods FCN RF-60 MLP --fcn-folds /tmp/shipped2/train-work/flair-fcn-phantom/folds
+    .venv/bin/python $B --methods FCN --fcn-folds /tmp/shipped2/train-work/flair-fcn-phantom/folds --epochs 90
 
 The widths, input-removal and real-data tables, 2026-11-30 morning, on the former 4 mm phantom (8 patients, 2-D
 FLAIR; ``--patches-per-session 4 --no-random-flips``, the settings of the models of the time)::
@@ -295,20 +298,21 @@ def summarise(rows: pd.DataFrame, by: str = "method") -> pd.DataFrame:
 
 def markdown(table: pd.DataFrame, by: str) -> str:
     """A Markdown table of :func:`summarise`."""
-    def cell(value: float, sd: float | None = None, digits: int = 3) -> str:
+    def cell(value: float, sd: float | None = None, significant: int | None = None) -> str:
+        """3 decimals, or ``significant`` digits (MSE: its scale depends on the data)."""
+        def number(x: float) -> str:
+            return f"{x:.{significant}g}" if significant else f"{x:.3f}"
+
         if value is None or not np.isfinite(value):
             return "n/a"
-        text = f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
-        if sd is not None and np.isfinite(sd):
-            text += f" ({sd:.{digits}g})" if abs(sd) >= 1000 else f" ({sd:.{digits}f})"
-        return text
+        return number(value) + (f" ({number(sd)})" if sd is not None and np.isfinite(sd) else "")
 
     lines = [f"| {by} | folds | MSE (SD) | SSIM (SD) | Ratio 1 (SD) | Ratio 2 (SD) | acquired Ratio 1 / 2 | "
              "train s / fold | train peak MB | infer s / volume | infer peak MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in table.iterrows():
         lines.append(
-            f"| {r[by]} | {r['folds']} | {cell(r['mse'], r['mse_sd'], 4)} | {cell(r['ssim'], r['ssim_sd'])} | "
+            f"| {r[by]} | {r['folds']} | {cell(r['mse'], r['mse_sd'], significant=4)} | {cell(r['ssim'], r['ssim_sd'])} | "
             f"{cell(r['ratio1'], r['ratio1_sd'])} | {cell(r['ratio2'], r['ratio2_sd'])} | "
             f"{cell(r['ratio1_acquired'])} / {cell(r['ratio2_acquired'])} | {_number(r['train_wall_s'], 0)} | "
             f"{_number(r['train_peak_mb'], 0)} | {_number(r['infer_wall_s'], 2)} | {_number(r['infer_peak_mb'], 0)} |")
@@ -321,10 +325,10 @@ How to read these tables (the module docstring has the details):
 
 * Data: msynth participant-level outputs of the phantom of `benchmarks/train_shipped_models.py --stage phantom`
   (16 patients at 2 mm with a 3-D FLAIR, session 01), on a 2 mm grid (`--voxel-size 2`). 32 filters, Adam 1e-3,
-  <= 30 epochs, 32^3 patches (8 per session and epoch), random flips: the settings of the shipped
-  `flair-fcn-phantom`, chosen so that everything fits on 2 CPU cores (paper 001: 1 mm-ish volumes, 64 filters,
-  SGD 5e-4). Folds over subjects as `msynth-train` assigns them (seed 42). The widths and input-removal tables
-  are older: the 4 mm, 8-patient phantom with a 2-D FLAIR (see the findings).
+  <= 90 epochs (`--epochs 90`; the width and removal rows: <= 30), 32^3 patches (8 per session and epoch), random
+  flips: the settings of the shipped `flair-fcn-phantom`, chosen so that everything fits on 2 CPU cores (paper 001:
+  1 mm-ish volumes, 64 filters, SGD 5e-4). Folds over subjects as `msynth-train` assigns them (seed 42). The
+  widths and input-removal tables are older: the 4 mm, 8-patient phantom with a 2-D FLAIR (see the findings).
 * Every method gets image-wise z-scored inputs and target; predictions are de-normalised with the acquired FLAIR's
   brain mean and SD, so MSE and SSIM measure contrast and structure, not the unpredictable scanner gain. Metrics
   inside the brain mask; Ratio 1/2 = mean in lesions / mean in NAWM / surrounding NAWM (5-voxel dilation), averaged

@@ -8,9 +8,9 @@ phantom's true transform, N4-corrected inside the true brain mask and resampled 
 >= 0.5 minus lesions (:func:`msynth.segmentation.regions.nawm_mask`).
 
 Issue 6's lesion-contrast target (synthetic Ratio 1 >= 0.85 of the acquired) is asserted as it stands. Its SSIM
-target (>= 0.90) is not met: the model reaches 0.891 here, where even a noise-free FLAIR of this session scores only
-0.911 against the acquired one at 2 mm (``benchmarks/results/flair_ceiling.md``); the SSIM bound is the measured
-value (``benchmarks/results/shipped_models.md``) less a margin for platform differences.
+target (>= 0.90) is not met: the model reaches 0.897 here, where a noise-free FLAIR of this session scores 0.926
+against the acquired one on the same 2 mm grid (``benchmarks/results/flair_ceiling.md``, section 3); the SSIM bound
+is the measured value (``benchmarks/results/shipped_models.md``) less a margin for platform differences.
 
 The module takes 35 s on this project's 2-core machine when idle (93 s with two trainings running beside it).
 """
@@ -84,10 +84,10 @@ def test_phantom_model_on_a_fresh_session(tmp_path):
     predicted = predict_session(model, session.volume(), inputs=channels_of(card.inputs), output="FLAIR",
                                 normalisation=card.normalisation, window=96, scope=card.intensity_normalisation)
 
-    # measured 2026-11-30 (see the module docstring): SSIM 0.891; Ratio 1 acquired 1.121, synthetic file 1.065,
-    # prediction 1.038 (0.95 and 0.93 of the acquired) — this session has 163 lesion voxels at 2 mm
+    # measured 2026-11-30 (see the module docstring): SSIM 0.897; Ratio 1 acquired 1.121, synthetic file 1.051,
+    # prediction 1.030 (0.94 and 0.92 of the acquired) — this session has 163 lesion voxels at 2 mm
     ratio_acquired = ratio1(acquired, lesion, nawm)
     assert ratio_acquired == pytest.approx(1.121, abs=0.01)
-    assert ssim(predicted, acquired, brain) >= 0.88
+    assert ssim(predicted, acquired, brain) >= 0.89
     assert ratio1(synthetic, lesion, nawm) >= 0.85 * ratio_acquired
     assert ratio1(predicted, lesion, nawm) >= 0.85 * ratio_acquired
