@@ -24,6 +24,7 @@ Stages (default: all, in this order):
     the model's grid through the phantom's true transforms, N4 inside the true brain mask; SSIM and MSE inside the
     brain of the prediction de-normalised with the acquired FLAIR's brain mean and SD (as the cross-validation),
     Ratio 1 of that prediction and of the ``synthesize`` file (cohort statistics), and the acquired Ratio 1.
+    ``--evaluate-also MODEL_DIR …`` scores other model folders beside them (trial trainings of ``msynth-train``).
 
 Why 2 mm, 16 patients, 32 features, Adam and at most 30 epochs (90 for the 5-input model): this machine has 2 CPU
 cores. At 4 mm the phantom's lesions are a few voxels each and no model learned their contrast (the earlier 4 mm
@@ -232,8 +233,9 @@ def stage_train(scratch: Path, log: Path, models: list[str] | None) -> None:
             shutil.copy2(scratch / "models" / name / file, target / file)
 
 
-def stage_evaluate(scratch: Path) -> None:
-    """Score every shipped phantom model on the fresh session of ``tests/test_shipped_models.py`` (a table)."""
+def stage_evaluate(scratch: Path, extra: list[Path] | None = None) -> None:
+    """Score every shipped phantom model, and the model folders ``extra``, on the fresh session of
+    ``tests/test_shipped_models.py`` (a table)."""
     import nibabel as nib
     import numpy as np
     import pandas as pd
@@ -249,8 +251,10 @@ def stage_evaluate(scratch: Path) -> None:
     keys = ["T1w", "T2w", "PDw", "T1SE", "DIR", "FLAIR"]
     sessions = {}
     rows = []
-    for name, inputs in PHANTOM_MODELS:
-        card, model = load_model(WEIGHTS / name)
+    folders = [WEIGHTS / name for name, _ in PHANTOM_MODELS] + list(extra or [])
+    for model_dir in folders:
+        card, model = load_model(model_dir)
+        name, inputs = model_dir.name, list(card.inputs)  # the folder names the row (trial cards share names)
         voxel = card.voxel_size_mm
         if voxel not in sessions:
             cohort = generate_cohort(folder / f"{voxel}mm" / "bids", n_controls=0, n_patients=1, voxel_size=voxel,
@@ -262,7 +266,7 @@ def stage_evaluate(scratch: Path) -> None:
         acquired = session.acquired("FLAIR", brain)
         predicted = predict_session(model, session.volume(), inputs=channels_of(card.inputs), output="FLAIR",
                                     normalisation=card.normalisation, window=96, scope=card.intensity_normalisation)
-        synthetic = np.asarray(nib.load(synthesize(WEIGHTS / name, {k: session.images[k] for k in inputs},
+        synthetic = np.asarray(nib.load(synthesize(model_dir, {k: session.images[k] for k in inputs},
                                                    session.brain_mask, newpath=folder / "synth" / name,
                                                    device="cpu")).dataobj, dtype=np.float64)
         rows.append({"model": name, "inputs": " ".join(inputs), "ssim": round(ssim(predicted, acquired, brain), 3),
@@ -280,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", nargs="+", choices=("phantom", "lesjak", "train", "evaluate"),
                         default=["phantom", "lesjak", "train", "evaluate"])
     parser.add_argument("--models", nargs="+", default=None, help="train only these models")
+    parser.add_argument("--evaluate-also", nargs="+", type=Path, default=None, metavar="MODEL_DIR",
+                        help="evaluate stage: score these model folders too (e.g. trial trainings)")
     args = parser.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
     log = args.scratch / "train_shipped_models.log"
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in args.stage:
         stage_train(args.scratch, log, args.models)
     if "evaluate" in args.stage:
-        stage_evaluate(args.scratch)
+        stage_evaluate(args.scratch, args.evaluate_also)
     return 0
 
 
