@@ -260,8 +260,9 @@ class ModelCard:
 _TOP_FIELDS = ("name", "task", "inputs", "output", "voxel_size_mm", "normalisation", "intensity_normalisation",
                "architecture",
                "architecture_arguments", "training", "versions", "created", "schema_version")
-_TRAINING_FIELDS = ("subjects", "salt_fingerprint", "n_sessions", "data_source", "data_license", "data_citation",
-                    "command", "seed", "optimizer", "epochs", "patch_size", "early_stopping", "augmentation", "cv")
+_TRAINING_REQUIRED = ("subjects", "salt_fingerprint", "n_sessions", "data_source", "data_license", "data_citation",
+                      "command", "seed", "optimizer", "epochs", "patch_size", "early_stopping")
+_TRAINING_OPTIONAL = ("augmentation", "cv")
 AUGMENTATIONS = ("random_flips",)
 _FOLD_FIELDS = ("fold", "n_train", "n_test", "mse", "psnr", "ssim", "epochs")
 
@@ -373,7 +374,7 @@ def _validate_fields(data: Mapping[str, Any]) -> None:
 
 
 def _validate_training(training: Any) -> None:
-    _check_keys(training, _TRAINING_FIELDS[:-2], "training", optional=("augmentation", "cv"))
+    _check_keys(training, _TRAINING_REQUIRED, "training", optional=_TRAINING_OPTIONAL)
     subjects = training["subjects"]
     if (not isinstance(subjects, (list, tuple)) or not subjects
             or not all(isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdef" for c in s)
