@@ -37,7 +37,7 @@ class _RegisterOutputSpec(TraitedSpec):
 
 
 class RegisterToReference(SimpleInterface):
-    """Rigid → affine mutual-information registration to the T1w (ANTsPy), brain-masked."""
+    """Rigid (by default then affine) mutual-information registration to the T1w (ANTsPy), brain-masked."""
 
     input_spec = _RegisterInputSpec
     output_spec = _RegisterOutputSpec

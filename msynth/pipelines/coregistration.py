@@ -30,7 +30,11 @@ def init_coregistration_wf(
     omp_nthreads: int,
     name: str,
 ) -> pe.Workflow:
-    """Bias-correct an MR image, register it rigid → affine to the T1w, resample it into space-T1w.
+    """Bias-correct an MR image, register it rigidly to the T1w, resample it into space-T1w.
+
+    Rigid (6 parameters), not affine: images of one session show one head, so scaling and shear can only fit noise
+    and slice-thickness blur. On the 2 mm phantom cohort the affine's 6 extra parameters doubled the error against
+    the true motion (docs/preprocessing.md).
 
     Parameters
     ----------
@@ -62,13 +66,13 @@ def init_coregistration_wf(
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = (
         f"The {key} image was {'' if key in NO_BIAS_CORRECTION else 'corrected for bias with N4, then '}"
-        "registered to the T1w reference (ANTs, rigid then affine, Mattes mutual information inside the brain "
+        "registered rigidly to the T1w reference (ANTs, Mattes mutual information inside the brain "
         "mask) and resampled onto the T1w grid with linear interpolation."
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_preproc", "brain_mask"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["preproc", "xfm"]), name="outputnode")
 
-    register = pe.Node(RegisterToReference(key=key, omp_nthreads=omp_nthreads), name="register",
+    register = pe.Node(RegisterToReference(key=key, affine=False, omp_nthreads=omp_nthreads), name="register",
                        n_procs=omp_nthreads, mem_gb=2)
     resample = pe.Node(ApplyTransform(reference=str(t1w)), name="resample", mem_gb=1)
 

@@ -1,4 +1,4 @@
-"""Intra-subject rigid → affine registration with ANTs, and the affine transform algebra around it.
+"""Intra-subject rigid (optionally then affine) registration with ANTs, and the affine transform algebra around it.
 
 Transform convention (DESIGN.md): ``from-<key>_to-T1w_mode-image_xfm.mat`` *resamples* <key> into T1w space, so as a
 point map it takes a point of T1w physical space to the corresponding point of <key> physical space. This is the ITK
