@@ -33,8 +33,8 @@ def init_coregistration_wf(
     """Bias-correct an MR image, register it rigidly to the T1w, resample it into space-T1w.
 
     Rigid (6 parameters), not affine: images of one session show one head, so scaling and shear can only fit noise
-    and slice-thickness blur. On the 2 mm phantom cohort the affine's 6 extra parameters doubled the error against
-    the true motion (docs/preprocessing.md).
+    and slice-thickness blur. On the 2 mm phantom cohort the affine's 6 extra parameters raised the median error
+    against the true motion 1.3- to 3-fold (docs/preprocessing.md).
 
     Parameters
     ----------
