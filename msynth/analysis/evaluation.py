@@ -26,8 +26,12 @@ def synthesis_metrics(
 ) -> pd.DataFrame:
     """One row of evaluation metrics of a synthetic image against the acquired one (missing inputs: n/a).
 
-    Intensities are compared after z-scoring each image inside the brain, as paper 001 compares normalised images,
-    so the metrics do not depend on the scanner's arbitrary intensity scale. Ratio 1 and Ratio 2 are reported for the
+    MSE and PSNR compare the images after z-scoring each inside the brain, as paper 001 compares normalised images,
+    so they do not depend on the scanner's arbitrary intensity scale. SSIM is not computed on z-scores: its luminance
+    term assumes non-negative intensities and breaks down where local means are near 0. The synthetic image is instead
+    matched to the acquired one's brain mean and SD, and both are zeroed outside the brain, which is how
+    ``msynth-train`` scores its cross-validation; what lies outside the brain (skull, background) does not count.
+    Ratio 1 and Ratio 2 are reported for the
     synthetic and the acquired image (lesion / NAWM and lesion / surrounding NAWM mean intensities); the lesion Dice
     compares the automatic lesion masks of both images (n/a when neither finds a lesion).
     """
@@ -41,8 +45,9 @@ def synthesis_metrics(
     row: dict[str, float] = {
         "mse": mse(z["synthetic"], z["acquired"], brain),
         "psnr": psnr(z["synthetic"], z["acquired"], brain),
-        "ssim": ssim(z["synthetic"], z["acquired"], brain),
     }
+    matched = (z["synthetic"] * real[brain].std() + real[brain].mean()) * brain
+    row["ssim"] = ssim(matched, real * brain, brain)
     lesion, normal, near = (None if path is None else load(path) > 0 for path in (lesion_mask, nawm, surrounding_nawm))
     for name, image in (("synthetic", synth), ("acquired", real)):
         row[f"ratio1_{name}"] = ratio1(image, lesion, normal) if lesion is not None and normal is not None else np.nan

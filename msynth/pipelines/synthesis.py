@@ -23,7 +23,8 @@ GRID_TOLERANCE = 0.1
 METRICS_DICTIONARY = {
     "mse": {"Description": "Mean squared error inside the brain, both images z-scored inside the brain"},
     "psnr": {"Description": "Peak signal-to-noise ratio inside the brain (z-scored images)", "Units": "dB"},
-    "ssim": {"Description": "Structural similarity averaged inside the brain (MONAI; 11-voxel Gaussian window)"},
+    "ssim": {"Description": "Structural similarity averaged inside the brain (MONAI; 11-voxel Gaussian window), the "
+                      "synthetic FLAIR matched to the acquired one's brain mean and SD, both 0 outside the brain"},
     "ratio1_synthetic": {"Description": "Mean lesion / mean NAWM intensity of the synthetic FLAIR (paper 001)"},
     "ratio1_acquired": {"Description": "Mean lesion / mean NAWM intensity of the acquired FLAIR"},
     "ratio2_synthetic": {"Description": "Mean lesion / mean surrounding-NAWM intensity of the synthetic FLAIR"},
