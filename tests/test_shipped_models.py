@@ -7,7 +7,9 @@ phantom's true transform, N4-corrected inside the true brain mask and resampled 
 (:func:`msynth.phantom.aligned.align_session`), the lesion mask is the truth, and NAWM is the truth WM probability
 >= 0.5 minus lesions (:func:`msynth.segmentation.regions.nawm_mask`).
 
-Issue 6's lesion-contrast target (synthetic Ratio 1 >= 0.85 of the acquired) is asserted as it stands. Its SSIM
+Issue 6's lesion-contrast target (synthetic Ratio 1 >= 0.85 of the acquired) is asserted as it stands; because the
+acquired Ratio 1 is only 1.121 here, that bound would pass a synthetic image without any lesion contrast, so the
+fraction of the acquired contrast (Ratio 1 - 1) that the synthesis keeps is asserted as well. Its SSIM
 target (>= 0.90) is not met: the model reaches 0.897 here, where a noise-free FLAIR of this session scores 0.926
 against the acquired one on the same 2 mm grid (``benchmarks/results/flair_ceiling.md``, section 3); the SSIM bound
 is the measured value (``benchmarks/results/shipped_models.md``) less a margin for platform differences.
@@ -91,3 +93,8 @@ def test_phantom_model_on_a_fresh_session(tmp_path):
     assert ssim(predicted, acquired, brain) >= 0.89
     assert ratio1(synthetic, lesion, nawm) >= 0.85 * ratio_acquired
     assert ratio1(predicted, lesion, nawm) >= 0.85 * ratio_acquired
+    # At this contrast the issue's bound (0.85 x 1.121 = 0.95) would pass an image with no lesion contrast at all,
+    # so the contrast itself (Ratio 1 - 1) is bounded too: measured 0.42 (file) and 0.25 (prediction) of the acquired
+    contrast_acquired = ratio_acquired - 1
+    assert ratio1(synthetic, lesion, nawm) - 1 >= 0.3 * contrast_acquired
+    assert ratio1(predicted, lesion, nawm) - 1 >= 0.2 * contrast_acquired
