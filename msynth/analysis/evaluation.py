@@ -27,13 +27,13 @@ def synthesis_metrics(
     """One row of evaluation metrics of a synthetic image against the acquired one (missing inputs: n/a).
 
     MSE and PSNR compare the images after z-scoring each inside the brain, as paper 001 compares normalised images,
-    so they do not depend on the scanner's arbitrary intensity scale. SSIM is not computed on z-scores: its luminance
-    term assumes non-negative intensities and breaks down where local means are near 0. The synthetic image is instead
-    matched to the acquired one's brain mean and SD, and both are zeroed outside the brain, which is how
-    ``msynth-train`` scores its cross-validation; what lies outside the brain (skull, background) does not count.
-    Ratio 1 and Ratio 2 are reported for the
-    synthetic and the acquired image (lesion / NAWM and lesion / surrounding NAWM mean intensities); the lesion Dice
-    compares the automatic lesion masks of both images (n/a when neither finds a lesion).
+    so they do not depend on the scanner's arbitrary intensity scale. SSIM is not computed on z-scores: its
+    luminance term assumes non-negative intensities and breaks down where local means are near 0. The synthetic
+    image is instead matched to the acquired one's brain mean and SD, and both are zeroed outside the brain, which
+    is how ``msynth-train`` scores its cross-validation; what lies outside the brain (skull, background) does not
+    count. Ratio 1 and Ratio 2 are reported for the synthetic and the acquired image (lesion / NAWM and lesion /
+    surrounding NAWM mean intensities); the lesion Dice compares the automatic lesion masks of both images (n/a when
+    neither finds a lesion).
     """
     def load(path: PathOrStr | None) -> np.ndarray | None:
         return None if path is None else np.asanyarray(nb.load(path).dataobj)
