@@ -312,7 +312,8 @@ def markdown(table: pd.DataFrame, by: str) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in table.iterrows():
         lines.append(
-            f"| {r[by]} | {r['folds']} | {cell(r['mse'], r['mse_sd'], significant=4)} | {cell(r['ssim'], r['ssim_sd'])} | "
+            f"| {r[by]} | {r['folds']} | {cell(r['mse'], r['mse_sd'], significant=4)} | "
+            f"{cell(r['ssim'], r['ssim_sd'])} | "
             f"{cell(r['ratio1'], r['ratio1_sd'])} | {cell(r['ratio2'], r['ratio2_sd'])} | "
             f"{cell(r['ratio1_acquired'])} / {cell(r['ratio2_acquired'])} | {_number(r['train_wall_s'], 0)} | "
             f"{_number(r['train_peak_mb'], 0)} | {_number(r['infer_wall_s'], 2)} | {_number(r['infer_peak_mb'], 0)} |")

@@ -32,9 +32,8 @@ def displacement_table(derivatives: Path, truth: Path) -> pd.DataFrame:
         subject, session = mask.parts[-4], mask.parts[-3]
         label = f"{subject}_{session}"
         for key in KEYS:
-            true_xfm = next(iter(sorted(truth.glob(f"{subject}/{session}/*/{label}_from-{key}_to-T1w_*xfm.mat"))), None)
-            estimated = next(iter(sorted(derivatives.glob(f"{subject}/{session}/*/{label}_from-{key}_to-T1w_*xfm.mat"))),
-                             None)
+            pattern = f"{subject}/{session}/*/{label}_from-{key}_to-T1w_*xfm.mat"
+            true_xfm, estimated = (next(iter(sorted(root.glob(pattern))), None) for root in (truth, derivatives))
             if true_xfm is None or estimated is None:
                 continue
             rows.append({"subject": subject, "session": session, "key": key,

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
+from msynth.analysis.evaluation import synthesis_metrics
 from msynth.cli import run as cli
 from msynth.preprocessing.registration import apply_transform, mean_displacement_mm, read_affine
 from msynth.utils.validation import errors_of, run_validator
@@ -222,7 +223,12 @@ def test_synthetic_flair_follows_the_acquired_one(given_run):
 def test_synthesis_metrics_and_saliency(given_run):
     _, out = given_run
     metrics = pd.read_csv(_path(out, "anat", "space-T1w_desc-synthFLAIR_metrics.tsv"), sep="\t").iloc[0]
-    assert 0 < metrics["ssim"] <= 1 and 0 < metrics["mse"] < 1  # z-scored images: below the variance of either
+    assert 0 < metrics["mse"] < 1  # z-scored images: below the variance of either
+    # the node scores the files it wrote, inside the written brain mask
+    written = synthesis_metrics(synthetic=_path(out, "anat", "space-T1w_desc-synth_FLAIR.nii.gz"),
+                                acquired=_path(out, "anat", "space-T1w_desc-preproc_FLAIR.nii.gz"),
+                                brain_mask=_path(out, "anat", "space-T1w_desc-brain_mask.nii.gz")).iloc[0]
+    assert 0 < metrics["ssim"] < 1 and metrics["ssim"] == pytest.approx(written["ssim"], abs=1e-6)
     assert metrics["ratio1_acquired"] > 1 and metrics["ratio2_acquired"] > 1  # lesions are FLAIR-bright
     assert np.isfinite(metrics["ratio1_synthetic"])
     assert np.isnan(metrics["lesion_dice"]) or 0 <= metrics["lesion_dice"] <= 1  # n/a: no automatic lesion at 4 mm
