@@ -47,6 +47,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from msynth.phantom.aligned import AlignedSession
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -233,17 +237,42 @@ def stage_train(scratch: Path, log: Path, models: list[str] | None) -> None:
             shutil.copy2(scratch / "models" / name / file, target / file)
 
 
-def stage_evaluate(scratch: Path, extra: list[Path] | None = None) -> None:
-    """Score every shipped phantom model, and the model folders ``extra``, on the fresh session of
-    ``tests/test_shipped_models.py`` (a table)."""
+def score_on_session(model_dir: Path, session: AlignedSession, newpath: Path) -> dict:
+    """One model on one aligned fresh session (``tests/test_shipped_models.py``'s measures), as a table row.
+
+    SSIM and MSE inside the true brain of the prediction de-normalised with the acquired FLAIR's brain mean and SD
+    (as the cross-validation); Ratio 1 of that prediction, of the ``synthesize`` file (cohort statistics) and of the
+    acquired FLAIR, in the true lesions against the true NAWM.
+    """
     import nibabel as nib
     import numpy as np
-    import pandas as pd
 
     from msynth.analysis.metrics import mse, ratio1, ssim
     from msynth.models.card import channels_of
     from msynth.models.inference import load_model, synthesize
     from msynth.models.training import predict_session
+
+    card, model = load_model(model_dir)
+    brain, lesion, nawm = session.truth_regions()
+    acquired = session.acquired("FLAIR", brain)
+    predicted = predict_session(model, session.volume(), inputs=channels_of(card.inputs), output="FLAIR",
+                                normalisation=card.normalisation, window=96, scope=card.intensity_normalisation)
+    synthetic = np.asarray(nib.load(synthesize(model_dir, {k: session.images[k] for k in card.inputs},
+                                               session.brain_mask, newpath=newpath, device="cpu")).dataobj,
+                           dtype=np.float64)
+    return {"model": model_dir.name, "inputs": " ".join(card.inputs),  # the folder names the row (trials share names)
+            "ssim": round(ssim(predicted, acquired, brain), 3), "mse": round(mse(predicted, acquired, brain)),
+            "ratio1_prediction": round(ratio1(predicted, lesion, nawm), 3),
+            "ratio1_file": round(ratio1(synthetic, lesion, nawm), 3),
+            "ratio1_acquired": round(ratio1(acquired, lesion, nawm), 3), "lesion_voxels": int(lesion.sum())}
+
+
+def stage_evaluate(scratch: Path, extra: list[Path] | None = None) -> None:
+    """Score every shipped phantom model, and the model folders ``extra``, on the fresh session of
+    ``tests/test_shipped_models.py`` (a table)."""
+    import pandas as pd
+
+    from msynth.models.card import read_card
     from msynth.phantom.aligned import align_session
     from msynth.phantom.cohort import generate_cohort
 
@@ -253,27 +282,13 @@ def stage_evaluate(scratch: Path, extra: list[Path] | None = None) -> None:
     rows = []
     folders = [WEIGHTS / name for name, _ in PHANTOM_MODELS] + list(extra or [])
     for model_dir in folders:
-        card, model = load_model(model_dir)
-        name, inputs = model_dir.name, list(card.inputs)  # the folder names the row (trial cards share names)
-        voxel = card.voxel_size_mm
+        voxel = read_card(model_dir).voxel_size_mm
         if voxel not in sessions:
             cohort = generate_cohort(folder / f"{voxel}mm" / "bids", n_controls=0, n_patients=1, voxel_size=voxel,
                                      seed=FRESH_SEED, overwrite=True)
             sessions[voxel] = align_session(cohort, "MS01", "01", keys, newpath=folder / f"{voxel}mm" / "aligned",
                                             voxel_size=voxel)
-        session = sessions[voxel]
-        brain, lesion, nawm = session.truth_regions()
-        acquired = session.acquired("FLAIR", brain)
-        predicted = predict_session(model, session.volume(), inputs=channels_of(card.inputs), output="FLAIR",
-                                    normalisation=card.normalisation, window=96, scope=card.intensity_normalisation)
-        synthetic = np.asarray(nib.load(synthesize(model_dir, {k: session.images[k] for k in inputs},
-                                                   session.brain_mask, newpath=folder / "synth" / name,
-                                                   device="cpu")).dataobj, dtype=np.float64)
-        rows.append({"model": name, "inputs": " ".join(inputs), "ssim": round(ssim(predicted, acquired, brain), 3),
-                     "mse": round(mse(predicted, acquired, brain)),
-                     "ratio1_prediction": round(ratio1(predicted, lesion, nawm), 3),
-                     "ratio1_file": round(ratio1(synthetic, lesion, nawm), 3),
-                     "ratio1_acquired": round(ratio1(acquired, lesion, nawm), 3), "lesion_voxels": int(lesion.sum())})
+        rows.append(score_on_session(model_dir, sessions[voxel], folder / "synth" / model_dir.name))
         print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_string(index=False))
 
