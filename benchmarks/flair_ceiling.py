@@ -44,7 +44,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from msynth.analysis.metrics import ssim
+from msynth.analysis.metrics import match_statistics, ssim
 from msynth.phantom import cohort as cohort_module
 from msynth.phantom import mri
 from msynth.phantom.aligned import align_session
@@ -106,12 +106,6 @@ def flair_on_grids(root: Path, voxel_size: float) -> dict[str, tuple[np.ndarray,
     return grids
 
 
-def matched(image: np.ndarray, reference: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """``image`` given the brain mean and SD of ``reference`` (as the synthetic FLAIR is scored), 0 outside."""
-    z = (image - image[brain].mean()) / image[brain].std()
-    return (z * reference[brain].std() + reference[brain].mean()) * brain
-
-
 def ceilings(voxel_size: float, shifts: list[float], scratch: Path) -> pd.DataFrame:
     """SSIM against the acquired FLAIR of the noise-free FLAIR, unshifted and shifted, on both grids."""
     acquired = flair_on_grids(scratch / "acquired", voxel_size)
@@ -122,7 +116,7 @@ def ceilings(voxel_size: float, shifts: list[float], scratch: Path) -> pd.DataFr
         row = {"voxel_size_mm": voxel_size, "grid_shift_voxels": shift}
         for grid, (reference, brain) in acquired.items():
             reference = reference * brain
-            row[f"ssim_{grid}"] = round(ssim(matched(clean[grid][0], reference, brain), reference, brain), 3)
+            row[f"ssim_{grid}"] = round(ssim(match_statistics(clean[grid][0], reference, brain), reference, brain), 3)
         rows.append(row)
         print(rows[-1], flush=True)
     return pd.DataFrame(rows)

@@ -34,8 +34,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from flair_ceiling import flair_acquisition, matched
-from msynth.analysis.metrics import ssim
+from flair_ceiling import flair_acquisition
+from msynth.analysis.metrics import match_statistics, ssim
 from msynth.phantom.aligned import align_session
 from msynth.phantom.cohort import generate_cohort
 from train_shipped_models import FRESH_SEED, WEIGHTS, score_on_session
@@ -60,7 +60,7 @@ def noise_ceilings(n_patients: int, voxel_size: float, scratch: Path) -> tuple[d
         brain, _, _ = session.truth_regions()
         truth = session.acquired("FLAIR", brain)
         noise_free = np.asarray(nib.load(reference.images["FLAIR"]).dataobj, dtype=np.float64)
-        ceilings[label] = ssim(matched(noise_free, truth, brain), truth, brain)
+        ceilings[label] = ssim(match_statistics(noise_free, truth, brain), truth, brain)
         sessions.append(session)
         print(f"{label}: noise ceiling {ceilings[label]:.4f}", flush=True)
     return ceilings, sessions

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from msynth.analysis.metrics import contrast_ratio, dice, mse, psnr, ratio1, ratio2, ssim
+from msynth.analysis.metrics import contrast_ratio, dice, match_statistics, mse, psnr, ratio1, ratio2, ssim
 
 RNG = np.random.default_rng(0)
 VOLUME = gaussian_filter(RNG.random((20, 18, 16)), 1.0) * 1000
@@ -94,6 +94,21 @@ def test_ssim_bad_arguments(kwargs, message):
         ssim(NOISY, VOLUME, BRAIN, **kwargs)
 
 
+def test_match_statistics_puts_an_image_on_the_reference_scale():
+    """A synthetic image of arbitrary gain and offset, matched to the reference, has its brain mean and SD, is 0
+    outside the brain, and keeps its own structure (a linear map inside the brain)."""
+    rng = np.random.default_rng(3)
+    reference = 800.0 + 100.0 * rng.standard_normal((10, 10, 10))
+    image = -2.0 + 0.01 * reference + 0.1 * rng.standard_normal(reference.shape)
+    mask = np.zeros(reference.shape, bool)
+    mask[2:8, 2:8, 2:8] = True
+    matched = match_statistics(image, reference, mask)
+    assert matched[mask].mean() == pytest.approx(reference[mask].mean())
+    assert matched[mask].std() == pytest.approx(reference[mask].std())
+    assert np.all(matched[~mask] == 0)
+    assert np.corrcoef(matched[mask], image[mask])[0, 1] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize(("function", "args", "message"), [
     (mse, (np.zeros(3), np.zeros(4)), r"prediction shape \(3,\) does not match the reference shape \(4,\)"),
     (mse, (np.zeros(3), np.zeros(3), np.zeros(3, bool)), "mask is empty"),
@@ -101,6 +116,8 @@ def test_ssim_bad_arguments(kwargs, message):
     (ssim, (np.zeros((4, 4)), np.zeros((4, 4))), "ssim expects 3-D volumes"),
     (ssim, (VOLUME, VOLUME, BRAIN[:-1]), "mask shape"),
     (dice, (np.zeros(3), np.zeros(4)), "mask shapes differ"),
+    (match_statistics, (np.ones(3), np.arange(3.0), np.ones(3, bool)), "constant inside the mask"),
+    (match_statistics, (np.arange(3.0), np.arange(3.0), np.zeros(3, bool)), "mask is empty"),
 ])
 def test_bad_inputs(function, args, message):
     with pytest.raises(ValueError, match=message):

@@ -8,7 +8,7 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 
-from msynth.analysis.metrics import dice, mse, psnr, ratio1, ratio2, ssim
+from msynth.analysis.metrics import dice, match_statistics, mse, psnr, ratio1, ratio2, ssim
 
 PathOrStr = str | PathLike[str]
 
@@ -46,8 +46,7 @@ def synthesis_metrics(
         "mse": mse(z["synthetic"], z["acquired"], brain),
         "psnr": psnr(z["synthetic"], z["acquired"], brain),
     }
-    matched = (z["synthetic"] * real[brain].std() + real[brain].mean()) * brain
-    row["ssim"] = ssim(matched, real * brain, brain)
+    row["ssim"] = ssim(match_statistics(synth, real, brain), real * brain, brain)
     lesion, normal, near = (None if path is None else load(path) > 0 for path in (lesion_mask, nawm, surrounding_nawm))
     for name, image in (("synthetic", synth), ("acquired", real)):
         row[f"ratio1_{name}"] = ratio1(image, lesion, normal) if lesion is not None and normal is not None else np.nan

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["contrast_ratio", "dice", "mse", "psnr", "ratio1", "ratio2", "ssim"]
+__all__ = ["contrast_ratio", "dice", "match_statistics", "mse", "psnr", "ratio1", "ratio2", "ssim"]
 
 
 def _as_mask(mask: np.ndarray | None, shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
@@ -162,6 +162,28 @@ def ssim(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray | None 
     ssim_map, _ = compute_ssim_and_cs(x, y, spatial_dims=3, kernel_size=sizes, kernel_sigma=sigmas,
                                       data_range=1.0, k1=k1, k2=k2)
     return float(ssim_map[0, 0].double().numpy()[mask].mean())
+
+
+def match_statistics(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image`` linearly rescaled to the mean and SD of ``reference`` inside ``mask``, and 0 outside it.
+
+    A synthetic image has no calibrated intensity scale, so before SSIM, whose luminance and contrast terms compare
+    absolute local means and variances, it is put on the acquired image's scale this way.
+
+    Examples
+    --------
+    >>> image, reference = np.array([1.0, 2.0, 3.0, 9.0]), np.array([10.0, 20.0, 30.0, 0.0])
+    >>> match_statistics(image, reference, np.array([True, True, True, False])).tolist()
+    [10.0, 20.0, 30.0, 0.0]
+    """
+    image, reference = _pair(image, reference)
+    mask = _as_mask(mask, reference.shape)
+    _nonempty(mask)
+    inside = image[mask]
+    if inside.std() == 0:
+        raise ValueError("the image is constant inside the mask: it has no contrast to rescale")
+    z = (image - inside.mean()) / inside.std()
+    return (z * reference[mask].std() + reference[mask].mean()) * mask
 
 
 def contrast_ratio(image: np.ndarray, lesion: np.ndarray, reference: np.ndarray) -> float:
