@@ -36,14 +36,15 @@ import pandas as pd
 
 from flair_ceiling import flair_acquisition
 from msynth.analysis.metrics import match_statistics, ssim
-from msynth.phantom.aligned import align_session
+from msynth.phantom.aligned import AlignedSession, align_session
 from msynth.phantom.cohort import generate_cohort
 from train_shipped_models import FRESH_SEED, WEIGHTS, score_on_session
 
 KEYS = ["T1w", "T2w", "PDw", "T1SE", "DIR", "FLAIR"]
 
 
-def noise_ceilings(n_patients: int, voxel_size: float, scratch: Path) -> tuple[dict[str, float], list]:
+def noise_ceilings(n_patients: int, voxel_size: float,
+                   scratch: Path) -> tuple[dict[str, float], list[AlignedSession]]:
     """Per patient label, the noise-free FLAIR's SSIM against the acquired one; and the aligned acquired sessions."""
     acquired = generate_cohort(scratch / "acquired" / "bids", n_controls=0, n_patients=n_patients,
                                voxel_size=voxel_size, seed=FRESH_SEED, overwrite=True)
@@ -72,7 +73,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", type=Path, default=[WEIGHTS / "flair-fcn-phantom"],
                         metavar="MODEL_DIR", help="model folders (default: the shipped 5-input phantom model)")
     parser.add_argument("--voxel-size", type=float, default=2.0, help="the cohort's --voxel-size (default 2)")
-    parser.add_argument("--scratch", type=Path, default=None)
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="keep the cohorts and aligned sessions here (default: a temporary folder)")
     parser.add_argument("--tsv", type=Path, default=None, help="also write the per-patient table here")
     args = parser.parse_args()
     start = time.perf_counter()

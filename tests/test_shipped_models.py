@@ -13,8 +13,8 @@ fraction of the acquired contrast (Ratio 1 - 1) that the synthesis keeps is asse
 prediction keeps 12 to 64 % over a fresh cohort). Its SSIM target (>= 0.90) is not met: the model reaches 0.897 here,
 where a noise-free FLAIR of this session scores 0.926 against the acquired one on the same 2 mm grid (the noise
 ceiling); the SSIM bound is the measured value (``benchmarks/results/shipped_models.md``) less a margin for platform
-differences. What the test asserts instead is the model's share of that ceiling, which the test measures too (the
-session generated again with a noise-free FLAIR): 0.969, bound 0.96. Over six fresh patients, each with its own
+differences. Beside it the test bounds the model's share of that ceiling, which it measures too (the session
+generated again with a noise-free FLAIR): 0.969, bound 0.96. Over six fresh patients, each with its own
 ceiling (``benchmarks/results/flair_fresh_cohort.md``), the SSIM ranges from 0.878 to 0.904 but its share of the
 ceiling only from 0.965 to 0.970, so the share, not a fixed SSIM, tells whether the synthesis got worse.
 
@@ -70,9 +70,9 @@ def test_total_size_under_limit():
 @pytest.mark.slow
 def test_phantom_model_on_a_fresh_session(tmp_path, monkeypatch):
     from msynth.analysis.metrics import match_statistics, ratio1, ssim
-    from msynth.phantom import mri
     from msynth.models.inference import synthesize
     from msynth.models.training import predict_session
+    from msynth.phantom import mri
     from msynth.phantom.aligned import align_session
     from msynth.phantom.cohort import generate_cohort
 
