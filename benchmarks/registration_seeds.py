@@ -7,8 +7,8 @@ cases, each run for seed 42 (the default) and seeds 1..``--seeds``:
 
 1. ``template``: the pipeline's MNI152NLin2009aSym → T1w affine (template moving; the subject's N4-corrected T1w
    fixed, masked by its deepbet brain mask; the pipeline's pyramid for the T1w voxel size), on real raw T1w scans of
-   ``../shared/data/open_ms_data`` (Lesjak et al. 2018, CC-BY; its one raw patient has two visits). Reported: the mean displacement over the brain mask
-   between each seed's transform and seed 42's.
+   ``../shared/data/open_ms_data`` (Lesjak et al. 2018, CC-BY; its one raw patient has two visits). Reported: the
+   mean displacement over the brain mask between each seed's transform and seed 42's.
 2. ``head-to-mni``: the reference of ``tests/test_preprocessing_brain.py::test_deepbet_on_real_head``, pydeface's
    whole mean head at 3 mm (moving) to nilearn's skull-stripped MNI152 template (fixed, brain-masked), at 25 % and at
    100 % sampling. Reported: the volume of the MNI brain mask brought onto the head (a plausible brain is 1.2–1.4 L).
@@ -63,12 +63,12 @@ def template_rows(raw: Path, seeds: list[int], work: Path) -> list[dict]:
     t1w = n4_correct(raw, newpath=work, mask=brain.mask).corrected
     pyramid = pyramid_for(min(nib.load(t1w).header.get_zooms()[:3]))
     template = write_template(work, 1)
-    reference, rows = None, []
+    scan, reference, rows = f"{raw.parent.name}/{raw.name.split('_')[0]}", None, []
     for seed in [DEFAULT_SEED, *seeds]:
         xfm = register_to_reference(template, t1w, brain.mask, out_xfm=work / f"seed{seed}.mat", max_scale=None,
                                     random_seed=seed, **pyramid)
-        reference = reference or xfm
-        rows.append({"case": "template", "scan": f"{raw.parent.name}/{raw.name.split('_')[0]}", "sampling": 0.25, "seed": seed,
+        reference = reference or xfm  # the default seed's, the first
+        rows.append({"case": "template", "scan": scan, "sampling": 0.25, "seed": seed,
                      "value": round(mean_displacement_mm(reference, xfm, brain.mask), 3)})
     return rows
 

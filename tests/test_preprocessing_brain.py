@@ -97,8 +97,8 @@ def test_deepbet_on_real_head(head, tmp_path):
     template (fixed, masked by its brain mask) to the head (moving) at 3 mm — an independent estimate of the same
     brain (measured: Dice 0.93, deepbet 1.39 L, reference 1.23 L; deepbet about 3–10 s on 1–2 CPU threads).
     The metric samples every fixed voxel: with the default 25 % sampling, this whole head against a skull-stripped
-    template lands in a wrong basin for 3 of 26 sampling seeds (reference 0.45–2.40 L), and one CI run drew such a
-    basin through thread scheduling; with every voxel, all 26 gave 1.227–1.231 L
+    template lands in a wrong basin for 3 of 26 sampling seeds (reference 2.40, 2.19, 0.45 L), and one CI run drew
+    such a basin through thread scheduling; with every voxel, all 26 gave 1.227–1.231 L
     (``benchmarks/results/registration_seeds.md``).
     """
     start = time.perf_counter()
