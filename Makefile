@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.msynth-installed
 DEMO ?= demo
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean system-deps
 
 install: $(STAMP)
 
@@ -18,8 +18,17 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	PYTHONHASHSEED=0 $(BIN)/python -m pytest
+
+# The group report's screenshot test renders the report in Debian's chromium. Install it when it is absent and this is
+# root with apt-get; otherwise (or if the install fails) that test skips and says why.
+system-deps:
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { echo "installing Debian's chromium (group report screenshot test)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  echo "could not install chromium: the group report screenshot test will skip"
 
 # A synthetic cohort at 4 mm (2 controls, 2 patients), then the participant level on it.
 demo: $(STAMP)

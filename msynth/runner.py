@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nibabel as nb
 from bids import BIDSLayout
+from nipype.pipeline import engine as pe
 
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
@@ -113,8 +114,23 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
         saliency=config.saliency,
         name=f"sub_{label}_wf",
     )
+    reason, crash_files = execute(workflow, config=config, crashes=crash_dir(config, label))
+    if reason is not None:
+        LOGGER.error("sub-%s failed: %s (crash reports in %s)", label, reason, crash_dir(config, label))
+        shutil.rmtree(staging, ignore_errors=True)
+        return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=crash_files)
+    published = publish_staged(staging, config.output_dir)
+    LOGGER.info("sub-%s finished: %d files written to %s", label, len(published), config.output_dir)
+    return ParticipantOutcome(label=label, ok=True, published=published)
+
+
+def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path) -> tuple[str | None, list[Path]]:
+    """Run a workflow under ``WORK_DIR/msynth_wf`` with text crash reports in ``crashes``.
+
+    Returns None and no files when it finished, else the reason (each crashed node and its last error line) and the
+    crash reports.
+    """
     workflow.base_dir = str(config.work_dir / "msynth_wf")
-    crashes = crash_dir(config, label)
     workflow.config["execution"].update(
         {
             "crashdump_dir": str(crashes),
@@ -128,13 +144,8 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         files = sorted(crashes.glob("crash-*.txt"))
-        reason = "; ".join(_crash_reason(path) for path in files) or f"the workflow did not finish ({err})"
-        LOGGER.error("sub-%s failed: %s (crash reports in %s)", label, reason, crashes)
-        shutil.rmtree(staging, ignore_errors=True)
-        return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=files)
-    published = publish_staged(staging, config.output_dir)
-    LOGGER.info("sub-%s finished: %d files written to %s", label, len(published), config.output_dir)
-    return ParticipantOutcome(label=label, ok=True, published=published)
+        return "; ".join(_crash_reason(path) for path in files) or f"the workflow did not finish ({err})", files
+    return None, []
 
 
 def multiproc_arguments(n_procs: int) -> dict:

@@ -156,12 +156,13 @@ def test_console_scripts_are_installed():
     assert phantom.returncode == 0 and "--voxel-size" in phantom.stdout
 
 
-def test_group_level_records_its_configuration_and_says_it_is_not_there(tiny_bids, tmp_path, capsys):
+def test_group_level_without_participant_outputs_stops_before_any_work(tiny_bids, tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli.main([str(tiny_bids), str(out), "group", "-w", str(tmp_path / "work")]) == 2
-    assert "group level: not implemented yet" in capsys.readouterr().err
-    (config,) = (out / "logs").glob("msynth-*_config.json")
-    assert json.loads(config.read_text())["analysis_level"] == "group"
+    assert cli.main([str(tiny_bids), str(out), "group", "-w", str(tmp_path / "work")]) == 1
+    error = capsys.readouterr().err
+    assert "msynth: error: the group level cannot start:" in error
+    assert "sub-01: no participant-level output in" in error and "run the participant level for it first" in error
+    assert not out.exists()
 
 
 def test_unknown_model_is_refused(tiny_bids, tmp_path, capsys):
@@ -175,7 +176,7 @@ def test_main_process_does_not_load_torch():
     import subprocess
     import sys
 
-    code = ("import sys, msynth.cli.run, msynth.runner, msynth.pipelines.participant; "
+    code = ("import sys, msynth.cli.run, msynth.runner, msynth.pipelines.participant, msynth.group_runner; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -28,6 +28,8 @@ import pandas as pd
 
 from msynth.analysis.metrics import dice
 
+#: Source name of the DVR computed from the acquired PET (the synthetic sources are named by their model).
+ACQUIRED = "acquired"
 #: Width of a distance-to-CSF ring of the control reference (Bodini 2016: 1 mm).
 RING_WIDTH_MM = 1.0
 #: Voxels farther than this from CSF share the last ring (deep white matter: the DVR no longer depends on the

@@ -94,20 +94,29 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         config = resolve_config(args)
-        if config.analysis_level == "participant":
-            validate_input(config)
-            layout = open_layout(config.bids_dir)
+        validate_input(config)
+        if config.analysis_level == "group":
+            return _run_group(config)
+        layout = open_layout(config.bids_dir)
     except UsageError as err:
         print(f"msynth: error: {err}", file=sys.stderr)
         return 1
-    log_to_file(config)
-    LOGGER.info("msynth %s, run %s: configuration in %s", config.version, config.run_id, config.write())
-    if config.analysis_level == "group":
-        LOGGER.error("group level: not implemented yet — it lands with the group-analysis issue")
-        return 2
+    _start_log(config)
     from msynth.runner import run_participant_level  # heavy imports only when there is work
 
     return run_participant_level(config, layout)
+
+
+def _start_log(config: RunConfig) -> None:
+    log_to_file(config)
+    LOGGER.info("msynth %s, run %s: configuration in %s", config.version, config.run_id, config.write())
+
+
+def _run_group(config: RunConfig) -> int:
+    """The group level; its input check raises UsageError before anything is written."""
+    from msynth.group_runner import run_group_level  # heavy imports only when there is work
+
+    return run_group_level(config, on_start=lambda: _start_log(config))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ BIDSIGNORE = """\
 *_desc-synthFLAIR_metrics.json
 *_saliency.nii.gz
 *_saliency.json
+*_desc-demyelinated_mask.nii.gz
+*_desc-demyelinated_mask.json
+*_desc-synthdemyelinated_mask.nii.gz
+*_desc-synthdemyelinated_mask.json
+group
 sub-*/log
 """
 

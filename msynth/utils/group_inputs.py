@@ -1,0 +1,185 @@
+"""What the group level reads: the raw dataset's clinical tables and the participant-level outputs.
+
+The group level never reruns the participant level. Before any work, :func:`collect_group_inputs` finds every map it
+needs by its DESIGN.md name and lists what is missing in :attr:`GroupInputs.problems` (one line each); the caller
+stops with them. Gaps that leave part of the analysis computable (a patient with one session, a session without
+PET) are not problems: they become ``n/a`` with their reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from msynth.analysis.myelin import ACQUIRED
+
+LOGGER = logging.getLogger("msynth.group")
+
+#: Participant-level outputs of a session the group level reads, as (datatype, name after ``sub-<L>[_ses-<S>]_``).
+SESSION_FILES = {
+    "t1w": ("anat", "space-T1w_desc-preproc_T1w.nii.gz"),
+    "brain_mask": ("anat", "space-T1w_desc-brain_mask.nii.gz"),
+    "wm": ("anat", "space-T1w_label-WM_probseg.nii.gz"),
+    "csf_distance": ("anat", "space-T1w_desc-CSFdistance_map.nii.gz"),
+    "lesion": ("anat", "space-T1w_label-lesion_mask.nii.gz"),
+    "nawm": ("anat", "space-T1w_label-NAWM_mask.nii.gz"),
+}
+ACQUIRED_DVR = ("pet", "trc-PIB_space-T1w_model-Logan_meas-DVR_mimap.nii.gz")
+SYNTHETIC_DVR = ("pet", "trc-PIB_space-T1w_desc-synth_meas-DVR_mimap.nii.gz")
+#: Maps without which a session is of no use to the group level.
+REQUIRED = ("t1w", "brain_mask", "wm", "csf_distance")
+
+
+@dataclass(frozen=True)
+class SessionMaps:
+    """The participant-level maps of one session (``None`` where the participant level wrote none)."""
+
+    session: str | None
+    prefix: str
+    t1w: Path
+    brain_mask: Path
+    wm: Path
+    csf_distance: Path
+    lesion: Path | None
+    nawm: Path | None
+    dvr: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class ParticipantMaps:
+    """One participant: clinical variables from the raw dataset and the maps of each session, baseline first."""
+
+    label: str
+    group: str
+    age: float
+    sex: str
+    edss: float | None
+    sessions: list[SessionMaps]
+
+    @property
+    def participant_id(self) -> str:
+        return f"sub-{self.label}"
+
+
+@dataclass
+class GroupInputs:
+    """Every participant the group level uses, the DVR sources present, and the problems found."""
+
+    participants: list[ParticipantMaps]
+    sources: list[str]
+    problems: list[str]
+
+    def group(self, name: str) -> list[ParticipantMaps]:
+        """The participants of one group (``HC`` or ``MS``)."""
+        return [p for p in self.participants if p.group == name]
+
+
+def synthetic_source_name(dvr: Path) -> str:
+    """A synthetic DVR's source name: the model named in its sidecar (``Model.Name``), else ``synthetic``."""
+    sidecar = Path(str(dvr).removesuffix(".nii.gz") + ".json")
+    try:
+        model = json.loads(sidecar.read_text()).get("Model", {})
+    except (OSError, ValueError):
+        return "synthetic"
+    name = model.get("Name") if isinstance(model, dict) else model
+    return str(name) if name else "synthetic"
+
+
+def _session_maps(output_dir: Path, label: str, session: str | None) -> tuple[SessionMaps | None, list[str]]:
+    """A session's maps, or None and the names of the required ones that are missing."""
+    folder = output_dir / f"sub-{label}" / (f"ses-{session}" if session else "")
+    prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
+    found = {key: folder / datatype / f"{prefix}_{name}" for key, (datatype, name) in SESSION_FILES.items()}
+    missing = [found[key].name for key in REQUIRED if not found[key].is_file()]
+    if missing:
+        return None, missing
+    dvr = {}
+    acquired = folder / ACQUIRED_DVR[0] / f"{prefix}_{ACQUIRED_DVR[1]}"
+    if acquired.is_file():
+        dvr[ACQUIRED] = acquired
+    synthetic = folder / SYNTHETIC_DVR[0] / f"{prefix}_{SYNTHETIC_DVR[1]}"
+    if synthetic.is_file():
+        dvr[synthetic_source_name(synthetic)] = synthetic
+    optional = {key: found[key] if found[key].is_file() else None for key in ("lesion", "nawm")}
+    return SessionMaps(session=session, prefix=prefix, dvr=dvr, **{k: found[k] for k in REQUIRED}, **optional), []
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a"], keep_default_na=False)
+
+
+def _sessions_of(bids_dir: Path, label: str) -> list[str | None]:
+    """The sessions of a participant in the raw dataset (sorted: the first is the baseline); ``[None]`` without."""
+    sessions = sorted(p.name[4:] for p in (bids_dir / f"sub-{label}").glob("ses-*") if p.is_dir())
+    return sessions or [None]
+
+
+def _baseline_edss(bids_dir: Path, label: str, session: str | None) -> tuple[float | None, str | None]:
+    """EDSS of the baseline session from ``sub-<L>_sessions.tsv``, or None and why."""
+    path = bids_dir / f"sub-{label}" / f"sub-{label}_sessions.tsv"
+    if not path.is_file():
+        return None, f"sub-{label}: no EDSS ({path.name} is missing)"
+    table = _read_tsv(path)
+    if "edss" not in table.columns:
+        return None, f"sub-{label}: no EDSS ({path.name} has no 'edss' column)"
+    rows = table[table["session_id"] == f"ses-{session}"] if session else table
+    if rows.empty:
+        return None, f"sub-{label}: no EDSS for ses-{session} in {path.name}"
+    value = pd.to_numeric(rows["edss"].iloc[0], errors="coerce")
+    if pd.isna(value):
+        return None, f"sub-{label}: EDSS of ses-{session} in {path.name} is {rows['edss'].iloc[0]!r}, not a number"
+    return float(value), None
+
+
+def collect_group_inputs(bids_dir: Path, output_dir: Path, labels: list[str] | None = None) -> GroupInputs:
+    """Find the participant-level outputs and clinical variables of the group level; list what is missing.
+
+    Parameters
+    ----------
+    bids_dir
+        The raw dataset (``participants.tsv`` with ``group`` HC/MS, ``age``, ``sex``; EDSS per session).
+    output_dir
+        The participant level's derivatives.
+    labels
+        Participants to use (default: every participant of ``participants.tsv``).
+    """
+    problems: list[str] = []
+    table = _read_tsv(bids_dir / "participants.tsv")
+    absent = [c for c in ("participant_id", "group", "age", "sex") if c not in table.columns]
+    if absent:
+        return GroupInputs([], [], [f"{bids_dir / 'participants.tsv'} has no column {', '.join(absent)}"])
+    table["label"] = table["participant_id"].str.removeprefix("sub-")
+    if labels:
+        table = table[table["label"].isin(labels)]
+    participants, sources = [], []
+    for row in table.itertuples():
+        maps, missing = [], []
+        for session in _sessions_of(bids_dir, row.label):
+            found, lacking = _session_maps(output_dir, row.label, session)
+            if found is None:
+                missing.append(f"{'ses-' + session if session else 'the session'} lacks {', '.join(lacking)}")
+            else:
+                maps.append(found)
+        if missing or not maps:
+            problems.append(f"sub-{row.label}: no participant-level output in {output_dir} "
+                            f"({'; '.join(missing)}) — run the participant level for it first, or leave it out "
+                            "with --participant-label")
+            continue
+        edss = None
+        if row.group == "MS":
+            edss, why = _baseline_edss(bids_dir, row.label, maps[0].session)
+            if why:
+                problems.append(why)
+        participants.append(ParticipantMaps(label=row.label, group=row.group, age=float(pd.to_numeric(row.age, errors="coerce")), sex=row.sex,
+                                            edss=edss, sessions=maps))
+        sources += [s for m in maps for s in m.dvr if s not in sources]
+    for group, what in (("HC", "no healthy control (group HC in participants.tsv)"),
+                        ("MS", "no patient (group MS in participants.tsv)")):
+        if not any(p.group == group for p in participants):
+            problems.append(f"{what} with participant-level outputs: the group level compares patients with controls")
+    return GroupInputs(participants=participants, sources=sorted(sources, key=lambda s: (s != ACQUIRED, s)),
+                       problems=problems)
