@@ -30,11 +30,13 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 	  echo "could not install chromium: the group report screenshot test will skip"
 
-# A synthetic cohort at 4 mm (2 controls, 2 patients), then the participant level on it.
+# A synthetic cohort at 4 mm (2 controls, 2 patients), then the participant and group levels on it.
 demo: $(STAMP)
 	$(BIN)/msynth-phantom $(DEMO)/bids --n-controls 2 --n-patients 2 --voxel-size 4 --seed 42 --overwrite
-	$(BIN)/msynth $(DEMO)/bids $(DEMO)/derivatives participant -w $(DEMO)/work
-	@echo "demo: participant outputs are in $(DEMO)/derivatives; the group level is not implemented yet."
+	$(BIN)/msynth $(DEMO)/bids $(DEMO)/derivatives participant -w $(DEMO)/work \
+	    --lesion-masks $(DEMO)/bids/derivatives/lesions
+	$(BIN)/msynth $(DEMO)/bids $(DEMO)/derivatives group -w $(DEMO)/work
+	@echo "demo: outputs in $(DEMO)/derivatives; the group report is $(DEMO)/derivatives/group/report.html"
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -1,0 +1,203 @@
+"""The group level on a full phantom cohort, against the phantom's truth.
+
+Usage (the participant level takes about an hour of both cores at 2 mm)::
+
+    OMP_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \\
+        .venv/bin/python benchmarks/group_phantom.py --scratch /tmp/group2 [--stage STAGE ...]
+
+Stages (default: all, in this order; a stage whose output exists is not redone):
+
+``phantom``
+    ``generate_cohort(n_controls=10, n_patients=18, voxel_size=2, seed=2027)`` (the thesis cohort's size).
+``participant``
+    ``msynth … participant`` in two processes (half the participants each, one core each), with the phantom's
+    expert-like lesion masks (``--lesion-masks``) and without T2w, PDw, T1SE and DIR (``--bids-filter-file``: the
+    group level does not use them; FLAIR stays, the lesion masks are drawn on it).
+``group``
+    ``msynth … group`` on those outputs, and on the truth laid out as participant-level outputs
+    (:func:`msynth.phantom.truth_derivatives.write_truth_derivatives`).
+``compare``
+    Every index, demyelinated-voxel Dice and EDSS beta against the truth → ``benchmarks/results/group_phantom.md``
+    and ``.tsv``.
+
+Three comparisons, each per patient then summarised by the median over patients:
+
+* **acquired vs truth**: indices from the Logan DVR of the acquired PET (the group level on the participant level's
+  outputs) against the truth table (noise-free DVR classified on the phantom's native grid);
+* **truth maps vs truth table**: indices from the noise-free DVR on each session's T1w grid (the group level on the
+  truth maps) against the truth table. This isolates what computing on each subject's own T1w grid, instead of the
+  native grid, does to the indices (the thesis registers to MNI instead: another resampling of the same kind);
+* demyelinated-voxel **Dice** of the group level's masks against the truth's masks on each session's T1w grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from lesions import markdown_table  # benchmarks/lesions.py
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "benchmarks" / "results"
+COHORT = {"n_controls": 10, "n_patients": 18, "voxel_size": 2.0, "seed": 2027}
+SKIPPED_KEYS = {key: {"acquisition": "excluded"} for key in ("T2w", "PDw", "T1SE", "DIR")}
+TRUTH_COLUMNS = {"pct_demyelinated_t0": "pct_demyelinated_ses01", "pct_demyelinated_t1": "pct_demyelinated_ses02",
+                 "global_index": "global_change", "dynamic_demyelination": "dynamic_demyelination",
+                 "dynamic_remyelination": "dynamic_remyelination"}
+STAGES = ("phantom", "participant", "group", "compare")
+
+
+def _run_all(commands: list[list[str]], logs: list[Path]) -> dict[str, float]:
+    """Run commands in parallel (each to its log); wall time and the children's peak resident memory."""
+    start = time.perf_counter()
+    processes = []
+    for argv, log in zip(commands, logs):
+        print("$", shlex.join(argv), flush=True)
+        handle = log.open("a")
+        handle.write("$ " + shlex.join(argv) + "\n")
+        handle.flush()
+        processes.append((subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT), handle))
+    codes = [process.wait() for process, _ in processes]
+    for _, handle in processes:
+        handle.close()
+    wall = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    print(f"  exit codes {codes}, {wall:.0f} s", flush=True)
+    if any(codes):
+        raise SystemExit(f"a command failed; see {', '.join(map(str, logs))}")
+    return {"wall_s": wall, "peak_rss_gb": peak_gb}
+
+
+def stage_phantom(scratch: Path) -> dict[str, float]:
+    from msynth.phantom.cohort import generate_cohort
+
+    start = time.perf_counter()
+    generate_cohort(scratch / "bids", **COHORT, overwrite=True, n_procs=2)
+    return {"wall_s": time.perf_counter() - start}
+
+
+def stage_participant(scratch: Path) -> dict[str, float]:
+    bids, out = scratch / "bids", scratch / "derivatives"
+    filters = scratch / "filter.json"
+    filters.write_text(json.dumps(SKIPPED_KEYS))
+    controls, patients = (sorted(p.name[4:] for p in bids.glob(f"sub-{group}*")) for group in ("HC", "MS"))
+    halves = [controls[: len(controls) // 2] + patients[: len(patients) // 2],
+              controls[len(controls) // 2:] + patients[len(patients) // 2:]]
+    commands = [[str(BIN / "msynth"), str(bids), str(out), "participant", "--participant-label", *half,
+                 "-w", str(scratch / f"work_{i}"), "--nprocs", "1", "--omp-nthreads", "1",
+                 "--lesion-masks", str(bids / "derivatives" / "lesions"), "--bids-filter-file", str(filters)]
+                for i, half in enumerate(halves)]
+    return _run_all(commands, [scratch / f"participant_{i}.log" for i in range(2)])
+
+
+def stage_group(scratch: Path) -> dict[str, float]:
+    from msynth.phantom.truth_derivatives import write_truth_derivatives
+
+    bids = scratch / "bids"
+    truth_maps = scratch / "truth-maps"
+    if not truth_maps.exists():
+        write_truth_derivatives(bids, scratch / "bids-truth", truth_maps)
+    timings = {}
+    for name, out in (("acquired", scratch / "derivatives"), ("truth_maps", truth_maps)):
+        argv = [str(BIN / "msynth"), str(bids), str(out), "group", "-w", str(scratch / f"work_group_{name}"),
+                "--nprocs", "2", "--omp-nthreads", "1"]
+        result = _run_all([argv], [scratch / f"group_{name}.log"])
+        timings.update({f"{name}_{key}": value for key, value in result.items()})
+    return timings
+
+
+def _indices(out: Path, source: str = "acquired") -> pd.DataFrame:
+    table = pd.read_csv(out / "group" / "myelin_indices.tsv", sep="\t", na_values=["n/a"])
+    return table[table["source"] == source].set_index("participant_id")
+
+
+def _mask_dice(out: Path, truth_dir: Path) -> pd.DataFrame:
+    from msynth.analysis.metrics import dice
+
+    rows = []
+    for mask in sorted(out.glob("sub-MS*/ses-*/pet/*_trc-PIB_space-T1w_desc-demyelinated_mask.nii.gz")):
+        session_dir = mask.parent.parent.relative_to(out)
+        truth = truth_dir / session_dir / "anat" / mask.name.replace("_trc-PIB_space-T1w_desc-", "_space-T1w_desc-")
+        rows.append({"participant_id": session_dir.parts[0], "session": session_dir.parts[1],
+                     "dice": dice(np.asanyarray(nib.load(mask).dataobj) > 0,
+                                  np.asanyarray(nib.load(truth).dataobj) > 0)})
+    return pd.DataFrame(rows)
+
+
+def stage_compare(scratch: Path, timings: dict[str, dict[str, float]]) -> None:
+    from msynth.analysis import statistics
+
+    truth_dir = scratch / "bids-truth"
+    truth = pd.read_csv(truth_dir / "participants.tsv", sep="\t", na_values=["n/a"]).set_index("participant_id")
+    planted = json.loads((truth_dir / "regression.json").read_text())["StandardizedBeta"]["dynamic_remyelination"]
+    patients = truth[truth["group"] == "MS"]
+    truth_data = patients.assign(sex_female=(patients["sex"] == "F").astype(float),
+                                 t2_lesion_load_mm3=patients["t2_lesion_load"]).reset_index()
+    rows = []
+    for name, out in (("acquired", scratch / "derivatives"), ("truth_maps", scratch / "truth-maps")):
+        indices = _indices(out)
+        for index, column in TRUTH_COLUMNS.items():
+            error = (indices[index] - patients.loc[indices.index, column]).abs()
+            rows.append({"comparison": f"{name} vs truth table", "quantity": index, "n": int(error.notna().sum()),
+                         "median_abs_error": error.median(), "max_abs_error": error.max()})
+        dices = _mask_dice(out, truth_dir)
+        rows.append({"comparison": f"{name} vs truth masks", "quantity": "demyelinated Dice",
+                     "n": len(dices), "median_abs_error": np.nan, "max_abs_error": np.nan,
+                     "median": dices["dice"].median(), "min": dices["dice"].min()})
+        regression = pd.read_csv(out / "group" / "edss_regression.tsv", sep="\t", na_values=["n/a"])
+        beta = regression.set_index(["source", "index"]).loc[("acquired", "dynamic_remyelination"), "beta_std"]
+        rows.append({"comparison": f"{name} EDSS beta", "quantity": "dynamic_remyelination beta_std",
+                     "n": len(indices), "median": beta, "planted": planted})
+    on_truth = statistics.edss_regression(truth_data, "dynamic_remyelination")["beta_std"]
+    rows.append({"comparison": "truth table EDSS beta", "quantity": "dynamic_remyelination beta_std",
+                 "n": len(truth_data), "median": on_truth, "planted": planted})
+    table = pd.DataFrame(rows)
+    RESULTS.mkdir(exist_ok=True)
+    table.to_csv(RESULTS / "group_phantom.tsv", sep="\t", index=False, na_rep="n/a")
+    command = "OMP_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 .venv/bin/python benchmarks/group_phantom.py " \
+              f"--scratch {scratch}"
+    lines = [
+        "# Group level on the 2 mm phantom cohort (`benchmarks/group_phantom.py`)", "",
+        f"Command: `{command}`; cohort `generate_cohort({', '.join(f'{k}={v}' for k, v in COHORT.items())})`. "
+        f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU.", "",
+        markdown_table(table), "",
+        "Timings (wall seconds; peak resident memory of the stage's child processes, GB):", "",
+        *[f"- {stage}: " + ", ".join(f"{k} {v:.3g}" for k, v in values.items()) for stage, values in timings.items()],
+    ]
+    (RESULTS / "group_phantom.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scratch", type=Path, required=True, help="working folder (cohort, outputs, logs)")
+    parser.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
+    args = parser.parse_args(argv)
+    scratch = args.scratch.resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    timings_file = scratch / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    runners = {"phantom": stage_phantom, "participant": stage_participant, "group": stage_group}
+    for stage in args.stage:
+        if stage == "compare":
+            stage_compare(scratch, timings)
+            continue
+        timings[stage] = runners[stage](scratch)
+        timings_file.write_text(json.dumps(timings, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
