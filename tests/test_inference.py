@@ -12,9 +12,10 @@ import torch
 
 from msynth.models import inference
 from msynth.models.card import (
-    WEIGHTS_NAME, ModelCard, Normalisation, TrainingRecord, channels_of, hash_subject, write_card,
+    WEIGHTS_NAME, ModelCard, NetworkSpec, Normalisation, OptimizerSpec, Stage, TrainingRecord, channels_of,
+    hash_subject, write_card,
 )
-from msynth.models.inference import predict_volume, select_device, synthesize
+from msynth.models.inference import StageChain, predict_volume, receptive_halo, select_device, synthesize
 from msynth.models.selection import choose_model, shipped_models
 from msynth.models.networks import FCN3D, UNet3D, build_network
 from msynth.models.saliency import p3s_maps, write_p3s_maps
@@ -22,18 +23,25 @@ from msynth.models.saliency import p3s_maps, write_p3s_maps
 torch.set_num_threads(1)
 
 
-def make_card(inputs: tuple[str, ...], name: str, scope: str = "image") -> ModelCard:
-    """A valid card for a 4-feature FCN over ``inputs``."""
+def _fcn_stage(name: str, in_channels: int, weights: str = WEIGHTS_NAME) -> Stage:
+    return Stage(name=name, loss="mse", optimizer=OptimizerSpec("sgd", 5e-4), weights=weights,
+                 network=NetworkSpec("fcn", {"in_channels": in_channels, "out_channels": 1, "features": 4,
+                                             "depth": 3}))
+
+
+def make_card(inputs: tuple[str, ...], name: str, scope: str = "image", stages: int = 1) -> ModelCard:
+    """A valid FLAIR card of ``stages`` 4-feature FCNs over ``inputs`` (later ones also take the prediction)."""
     stats = {c: Normalisation(100.0 + 50 * i, 10.0 + i) for i, c in enumerate(channels_of((*inputs, "FLAIR")))}
+    n_inputs = len(channels_of(inputs))
+    chain = [_fcn_stage("synthesis", n_inputs)]
+    chain += [_fcn_stage(f"refiner{k}", n_inputs + 1, f"refiner{k}.pt") for k in range(1, stages)]
     return ModelCard(
-        name=name, task="flair-synthesis", inputs=inputs, output="FLAIR", voxel_size_mm=None, normalisation=stats,
-        intensity_normalisation=scope, architecture="fcn",
-        architecture_arguments={"in_channels": len(channels_of(inputs)), "out_channels": 1, "features": 4,
-                                "depth": 3},
+        name=name, target="FLAIR", inputs=inputs, voxel_size_mm=None, normalisation=stats,
+        intensity_normalisation=scope, stages=tuple(chain),
         training=TrainingRecord(
             subjects=(hash_subject("01", "salt"),), salt_fingerprint="0" * 64, n_sessions=1, data_source="test",
-            data_license="CC0", data_citation="", command="test", seed=0, optimizer={"name": "sgd", "lr": 5e-4},
-            epochs=1, patch_size=16, early_stopping={"strip_length": 5, "strips": 3}),
+            data_license="CC0", data_citation="", command="test", seed=0, epochs=1, patch_size=16,
+            early_stopping={"strip_length": 5, "strips": 3}),
     )
 
 
@@ -101,13 +109,14 @@ def test_select_device(monkeypatch):
         select_device("tpu")
 
 
-def _model_dir(root: Path, inputs: tuple[str, ...], name: str, scope: str = "image") -> Path:
-    card = make_card(inputs, name, scope)
+def _model_dir(root: Path, inputs: tuple[str, ...], name: str, scope: str = "image", stages: int = 1) -> Path:
+    card = make_card(inputs, name, scope, stages)
     torch.manual_seed(1)
-    net = build_network(card.architecture, card.architecture_arguments)
     folder = root / name
     write_card(card, folder)
-    torch.save(net.state_dict(), folder / WEIGHTS_NAME)
+    for stage in card.stages:
+        net = build_network(stage.network.architecture, stage.network.arguments)
+        torch.save(net.state_dict(), folder / stage.weights)
     return folder
 
 
@@ -208,10 +217,34 @@ def test_write_p3s_maps_one_per_input(tmp_path):
 def test_multi_channel_inputs_are_read_per_channel(tmp_path):
     """DWI contributes FA, RD and AD (thesis 003 inputs); single-channel keys may be given by key."""
     card = make_card(("T1w", "DWI"), "t1-dti")
-    assert card.architecture_arguments["in_channels"] == 4
+    assert card.stages[0].network.arguments["in_channels"] == 4
     images, mask_file = _write_images(tmp_path / "in", ("T1w", "FA", "RD", "AD"))
     raw = inference.read_inputs(card, images, nb.load(mask_file))
     assert raw.shape == (4, 18, 16, 12)
     np.testing.assert_array_equal(raw[2], nb.load(images["RD"]).get_fdata(dtype=np.float32))
     with pytest.raises(ValueError, match="needs T1w FA RD AD; missing RD"):
         inference.read_inputs(card, {k: v for k, v in images.items() if k != "RD"}, nb.load(mask_file))
+
+
+def test_stages_run_in_order_on_the_inputs_and_the_previous_prediction(tmp_path):
+    """A two-stage model (a Sketcher then a Refiner, thesis 003 §3.2.1) synthesises refiner(x, sketcher(x))."""
+    keys = ("T1w", "T2w")
+    model_dir = _model_dir(tmp_path, keys, "two-stage", "cohort", stages=2)
+    card, chain = inference.load_model(model_dir)
+    assert isinstance(chain, StageChain) and len(chain.stages) == 2 and not chain.training
+    sketcher, refiner = chain.stages
+    assert receptive_halo(chain) == 6 and chain.multiple == 1
+    images, mask_file = _write_images(tmp_path / "in", keys)
+    out = synthesize(model_dir, images, mask_file, newpath=tmp_path / "out", device="cpu", window=8)
+    mask = nb.load(mask_file).get_fdata() > 0
+    raw = np.stack([nb.load(images[k]).get_fdata(dtype=np.float32) for k in keys])
+    mean = np.array([card.normalisation[k].mean for k in keys])[:, None, None, None]
+    std = np.array([card.normalisation[k].std for k in keys])[:, None, None, None]
+    x = torch.from_numpy(((raw - mean) / std * mask).astype(np.float32))[None]
+    with torch.no_grad():
+        z = refiner(torch.cat([x, sketcher(x)], dim=1))[0, 0].numpy()
+    flair = card.normalisation["FLAIR"]
+    np.testing.assert_allclose(nb.load(out).get_fdata(), np.clip(z * flair.std + flair.mean, 0, None) * mask,
+                               atol=1e-3, rtol=1e-5)
+    with pytest.raises(ValueError, match="stages must hold at least two networks, got 1"):
+        StageChain([sketcher])

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         build_network(config.architecture, {**config.arguments, "in_channels": len(channels_of(inputs))})
         device = str(select_device(args.device))
         card = cross_validate(
-            examples, inputs=inputs, output="FLAIR", config=config, model_dir=args.out, work_dir=args.work_dir,
+            examples, inputs=inputs, target="FLAIR", config=config, model_dir=args.out, work_dir=args.work_dir,
             folds=args.folds, voxel_size=args.voxel_size, device=device, n_procs=args.nprocs, plugin=args.plugin,
             name=args.name, data_source=args.data_source, data_license=args.data_license,
             data_citation=args.data_citation, command=shlex.join([PROG, *argv]), salt=args.subject_salt)

@@ -22,7 +22,8 @@ LOGGER = logging.getLogger("msynth.models")
 
 class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     model_dir = traits.Directory(exists=True, mandatory=True, desc="model folder (model_card.json, model.pt)")
-    keys = traits.List(traits.Str, mandatory=True, desc="modality key of each input file, in order")
+    keys = traits.List(traits.Str, mandatory=True,
+                       desc="input channel of each file, in order (a modality key; DWI as FA, RD and AD)")
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="input images on the brain mask's grid")
     brain_mask = File(exists=True, mandatory=True, desc="brain mask; its grid is the output's")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="where the network runs")
@@ -46,7 +47,7 @@ class SynthesizeImage(SimpleInterface):
     def _run_interface(self, runtime):
         import torch  # imported by the node that needs it: importing torch takes seconds
 
-        from msynth.models.card import channels_of, read_card
+        from msynth.models.card import TARGETS, channels_of, read_card
         from msynth.models.inference import synthesize
         from msynth.models.saliency import write_p3s_maps
 
@@ -62,7 +63,9 @@ class SynthesizeImage(SimpleInterface):
                                   device=self.inputs.device)
             self._results["saliency_files"] = [str(maps[channel]) for channel in channels_of(card.inputs)]
         self._results["metadata"] = {
-            "Model": {"Name": card.name, "Inputs": card.inputs, "Architecture": card.architecture,
+            "Model": {"Name": card.name, "Target": TARGETS[card.target].channel, "Inputs": card.inputs,
+                      "Stages": [{"Name": stage.name, "Architecture": stage.network.architecture}
+                                 for stage in card.stages],
                       "VoxelSizeMM": card.voxel_size_mm, "Folder": str(Path(self.inputs.model_dir).resolve())},
             "Inference": {"Device": self.inputs.device, "Method": "MONAI sliding windows, Gaussian blending"},
         }

@@ -1,15 +1,26 @@
 """Model cards: what a trained synthesis model needs at inference time and what a reader needs to trust it.
 
-A model directory holds two files:
+A model directory holds ``model_card.json`` and one weights file per stage:
 
-* ``model_card.json`` — a :class:`ModelCard`, modelled on the ``metadata.json`` of MONAI bundles: the task, the
-  ordered input modality keys and the output key, the voxel size the model works at, the z-score statistics of each
-  input and of the output, the network (architecture name and constructor arguments), how it was trained (subjects
-  as salted SHA-256 hashes, data source, licence and citation, the exact command, seed, optimiser, epochs,
-  cross-validation metrics per fold) and the software versions;
-* ``model.pt`` — the network's ``state_dict`` only, loadable with ``torch.load(..., weights_only=True)``.
+* ``model_card.json`` — a :class:`ModelCard`, modelled on the ``metadata.json`` of MONAI bundles: the **target** it
+  predicts (:data:`TARGETS`: a FLAIR, paper 001; or a PIB DVR map, thesis 003), the ordered input modality keys, the
+  voxel size the model works at, the z-score statistics of each input and of the target, its **stages** (one network
+  for the FLAIR FCN; a Sketcher then a Refiner for the Sketcher-Refiner GANs of thesis 003 §3.2), each with its
+  network (architecture name and constructor arguments), loss, optimiser and, for a GAN, its discriminator; how it
+  was trained (subjects as salted SHA-256 hashes, data source, licence and citation, the exact command, seed,
+  epochs, cross-validation metrics per fold) and the software versions;
+* ``model.pt`` (and one more file per later stage) — a network's ``state_dict`` only, loadable with
+  ``torch.load(..., weights_only=True)``.
 
-:func:`read_card` validates every field and raises a :class:`ValueError` that names the file and the field.
+Validation is driven by the dataclasses: every part of a card is a :class:`~msynth.models.fields.Record`, whose
+field annotations say what JSON a field takes and whose ``_check`` adds the constraints a type cannot say (a positive
+standard deviation, the canonical order of the inputs). A bad field raises a
+:class:`~msynth.models.fields.FieldError` that names it (``'training.cv[0].mse'``); :func:`read_card` adds the
+file. Version-1 cards (one network, a ``task`` and an
+``output``, the optimiser in ``training``) are read as one-stage cards (:func:`upgrade_v1`).
+
+This module does not import torch (the command line reads cards before any heavy import); whether an architecture
+exists is checked when its network is built (:func:`msynth.models.inference.load_model`).
 """
 
 from __future__ import annotations
@@ -20,17 +31,19 @@ import json
 import math
 import platform
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msynth
+from msynth.models.fields import FieldError, Record, parse
 
 __all__ = [
-    "CARD_NAME", "CHANNELS", "INTENSITY_NORMALISATIONS", "MODALITY_KEYS", "SCHEMA_VERSION", "TASKS", "WEIGHTS_NAME",
-    "FoldMetrics", "ModelCard", "Normalisation", "TrainingRecord", "channels_of", "hash_subject", "read_card",
-    "software_versions", "write_card",
+    "AUGMENTATIONS", "CARD_NAME", "CHANNELS", "LOSS_NAMES", "MODALITY_KEYS", "SCHEMA_VERSION", "TARGETS",
+    "WEIGHTS_NAME", "AdversarialSpec", "FoldMetrics", "ModelCard", "NetworkSpec", "Normalisation", "OptimizerSpec",
+    "Stage", "Target", "TrainingRecord", "channels_of", "hash_subject", "read_card", "software_versions",
+    "upgrade_v1", "write_card",
 ]
 
 #: Modality keys of the design contract, in their canonical order (inputs are stored in this order).
@@ -40,13 +53,56 @@ CHANNELS: dict[str, tuple[str, ...]] = {
     "T1w": ("T1w",), "T2w": ("T2w",), "PDw": ("PDw",), "FLAIR": ("FLAIR",), "T1SE": ("T1SE",), "DIR": ("DIR",),
     "MTR": ("MTR",), "DWI": ("FA", "RD", "AD"), "PET": ("DVR",),
 }
-#: Tasks a card may declare, with the output key each one predicts.
-TASKS: dict[str, str] = {"flair-synthesis": "FLAIR", "dvr-synthesis": "PET"}
-#: ``cohort``: z-score with statistics over all training sessions (paper 001); ``image``: each image by its own.
-INTENSITY_NORMALISATIONS: tuple[str, ...] = ("cohort", "image")
+#: Supervised losses a stage may train with: MSE (paper 001 eq. 1), L1, the ROI-weighted L1 of thesis 003 eq. 3.5
+#: and its normalised form, eq. 4.4 (:mod:`msynth.models.training.steps`).
+LOSS_NAMES: tuple[str, ...] = ("mse", "l1", "wl1", "nwl1")
+#: Training-data augmentations a card may record.
+AUGMENTATIONS: tuple[str, ...] = ("random_flips",)
 CARD_NAME = "model_card.json"
 WEIGHTS_NAME = "model.pt"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+IntensityNormalisation = Literal["cohort", "image"]
+OptimizerName = Literal["sgd", "adam"]
+LossName = Literal["mse", "l1", "wl1", "nwl1"]
+Augmentation = Literal["random_flips"]
+TargetName = Literal["FLAIR", "DVR"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """An image a model predicts, and how the participant level names it (DESIGN.md "Participant outputs").
+
+    Attributes
+    ----------
+    modality
+        Modality key of the acquired image it stands for (``'FLAIR'``, ``'PET'``).
+    channel
+        Channel name of the predicted image (:data:`CHANNELS`: ``'FLAIR'``, ``'DVR'``).
+    datatype, suffix, entities
+        Derivative name: ``<datatype>/sub-<L>[_ses-<S>]_<entities>_<suffix>.nii.gz``.
+    noun
+        The image in a sentence of a methods section (``'FLAIR image'``).
+    description
+        Sidecar ``Description``.
+    """
+
+    modality: str
+    channel: str
+    datatype: str
+    suffix: str
+    entities: dict[str, str]
+    noun: str
+    description: str
+
+
+#: What each target predicts and where its synthetic image goes.
+TARGETS: dict[str, Target] = {
+    "FLAIR": Target("FLAIR", "FLAIR", "anat", "FLAIR", {"space": "T1w", "desc": "synth"}, "FLAIR image",
+                    "Synthetic FLAIR (msynth model), 0 outside the brain mask."),
+    "DVR": Target("PET", "DVR", "pet", "mimap", {"trc": "PIB", "space": "T1w", "desc": "synth", "meas": "DVR"},
+                  "[11C]PIB DVR map", "Synthetic [11C]PIB DVR map (msynth model), 0 outside the brain mask."),
+}
 
 
 def channels_of(keys: Iterable[str]) -> tuple[str, ...]:
@@ -82,8 +138,26 @@ def software_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def _positive(value: float, name: str, what: str = "a positive number") -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise FieldError(name, f"must be {what}, got {value!r}")
+
+
+def _at_least(value: int, name: str, low: int) -> None:
+    if value < low:
+        raise FieldError(name, f"must be an integer >= {low}, got {value!r}")
+
+
+def _non_empty(value: str, name: str) -> None:
+    if not value.strip():
+        raise FieldError(name, f"must be a non-empty string, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the parts of a card
+# ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Normalisation:
+class Normalisation(Record):
     """z-score statistics of one image type: ``(x - mean) / std`` inside the brain, 0 outside.
 
     Attributes
@@ -95,10 +169,129 @@ class Normalisation:
     mean: float
     std: float
 
+    def _check(self) -> None:
+        if not math.isfinite(self.mean):
+            raise FieldError("mean", f"must be a finite number, got {self.mean!r}")
+        _positive(self.std, "std")
+
 
 @dataclass(frozen=True)
-class FoldMetrics:
-    """Held-out performance of one cross-validation fold (inside the brain, in the output's units).
+class NetworkSpec(Record):
+    """A network: a key of :data:`msynth.models.networks.ARCHITECTURES` and its constructor's keyword arguments.
+
+    In a card the arguments are complete (``in_channels`` and ``out_channels`` included); in a training
+    configuration the channels are filled in from the data.
+    """
+
+    architecture: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        _non_empty(self.architecture, "architecture")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec(Record):
+    """An optimiser and its settings (batch size 1: one patch per step).
+
+    Attributes
+    ----------
+    name
+        ``'sgd'`` (paper 001: plain SGD, 5e-4) or ``'adam'`` (thesis 003: 1e-4 and 5e-5).
+    lr
+        Learning rate.
+    momentum
+        SGD momentum (paper 001: 0); unused by Adam.
+    betas
+        Adam's decay rates of the moment estimates (torch's and Keras's defaults, 0.9 and 0.999: the thesis gives
+        none); unused by SGD.
+    """
+
+    name: OptimizerName
+    lr: float
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def _check(self) -> None:
+        _positive(self.lr, "lr")
+        if not 0 <= self.momentum < 1:
+            raise FieldError("momentum", f"must be in [0, 1), got {self.momentum!r}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise FieldError("betas", f"must be two numbers in [0, 1), got {list(self.betas)!r}")
+
+
+@dataclass(frozen=True)
+class AdversarialSpec(Record):
+    """The adversarial half of a conditional GAN stage (thesis 003 §3.2.2, §4.2.3).
+
+    The generator minimises ``adversarial + weight · supervised loss`` (eq. 3.6); the discriminator judges a real
+    or generated target given the condition, the stage's inputs (``in_channels`` and ``image_channels`` of
+    :class:`~msynth.models.networks.PatchDiscriminator3D`).
+
+    Attributes
+    ----------
+    discriminator
+        The discriminator network.
+    optimizer
+        The discriminator's optimiser.
+    weight
+        λ, the weight of the supervised loss in the generator's objective (eq. 3.6).
+    d_steps_per_g_step
+        Discriminator updates per generator update (thesis 003 §4.3.1: 2).
+    label_smoothing
+        One-sided label smoothing: real labels drawn from U(0.9, 1), fake ones from U(0, 0.1) (§4.3.1).
+    """
+
+    discriminator: NetworkSpec
+    optimizer: OptimizerSpec
+    weight: float
+    d_steps_per_g_step: int = 2
+    label_smoothing: bool = True
+
+    def _check(self) -> None:
+        _positive(self.weight, "weight")
+        _at_least(self.d_steps_per_g_step, "d_steps_per_g_step", 1)
+
+
+@dataclass(frozen=True)
+class Stage(Record):
+    """One trained network of a model: the FLAIR FCN, a Sketcher, a Refiner.
+
+    Stage 0 takes the card's input channels; each later stage takes them followed by the previous stage's
+    prediction (z-scored), as the Refiner takes the MRI and the Sketcher's DVR (thesis 003 §3.2.1).
+
+    Attributes
+    ----------
+    name
+        ``'synthesis'`` (a one-stage model), ``'sketcher'``, ``'refiner'``.
+    network
+        The network that predicts (the generator of a GAN), with its complete constructor arguments.
+    loss
+        The supervised loss (:data:`LOSS_NAMES`).
+    optimizer
+        The network's optimiser.
+    weights
+        File of the network's ``state_dict`` in the model folder.
+    adversarial
+        The discriminator, its optimiser and the balance of the losses for a GAN stage; ``None`` otherwise.
+    """
+
+    name: str
+    network: NetworkSpec
+    loss: LossName
+    optimizer: OptimizerSpec
+    weights: str = WEIGHTS_NAME
+    adversarial: AdversarialSpec | None = None
+
+    def _check(self) -> None:
+        _non_empty(self.name, "name")
+        if Path(self.weights).name != self.weights or not self.weights.endswith(".pt"):
+            raise FieldError("weights", f"must be a .pt file name in the model folder, got {self.weights!r}")
+
+
+@dataclass(frozen=True)
+class FoldMetrics(Record):
+    """Held-out performance of one cross-validation fold (inside the brain, in the target's units).
 
     Attributes
     ----------
@@ -120,10 +313,14 @@ class FoldMetrics:
     ssim: float
     epochs: int
 
+    def _check(self) -> None:
+        for name in ("fold", "n_train", "n_test", "epochs"):
+            _at_least(getattr(self, name), name, 0)
+
 
 @dataclass(frozen=True)
-class TrainingRecord:
-    """How a model was trained.
+class TrainingRecord(Record):
+    """How a model was trained (the networks' settings are in its :class:`Stage` entries).
 
     Attributes
     ----------
@@ -139,16 +336,16 @@ class TrainingRecord:
         The command line that trained the model.
     seed
         Seed of every random draw (initialisation, patches, folds).
-    optimizer
-        Optimiser name and settings, e.g. ``{'name': 'sgd', 'lr': 5e-4, 'momentum': 0.0}``.
     epochs
         Epochs the final model was trained for.
     patch_size
         Edge length of the cubic training patches (voxels).
     early_stopping
         Strip length ``q`` and number of strips ``p`` of the stopping rule.
+    batch_size
+        Patches per optimiser step.
     augmentation
-        Training-data augmentations (``'random_flips'``); empty: none (cards written before it existed have none).
+        Training-data augmentations (:data:`AUGMENTATIONS`); empty: none.
     cv
         One :class:`FoldMetrics` per cross-validation fold (empty when not cross-validated).
     """
@@ -161,41 +358,55 @@ class TrainingRecord:
     data_citation: str
     command: str
     seed: int
-    optimizer: dict[str, Any]
     epochs: int
     patch_size: int
     early_stopping: dict[str, int]
-    augmentation: tuple[str, ...] = ()
+    batch_size: int = 1
+    augmentation: tuple[Augmentation, ...] = ()
     cv: tuple[FoldMetrics, ...] = ()
+
+    def _check(self) -> None:
+        if not self.subjects or not all(len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+                                        for s in self.subjects):
+            raise FieldError("subjects", "must be a non-empty list of SHA-256 hex digests (never raw labels)")
+        _non_empty(self.salt_fingerprint, "salt_fingerprint")
+        _non_empty(self.command, "command")
+        for name, low in (("n_sessions", 1), ("seed", 0), ("epochs", 1), ("patch_size", 1), ("batch_size", 1)):
+            _at_least(getattr(self, name), name, low)
+        missing = {"strip_length", "strips"} - set(self.early_stopping)
+        if missing:
+            raise FieldError(f"early_stopping.{sorted(missing)[0]}", "is missing")
+        for key, value in self.early_stopping.items():
+            _at_least(value, f"early_stopping.{key}", 1)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 @dataclass(frozen=True)
-class ModelCard:
+class ModelCard(Record):
     """Everything needed to run a trained model and to judge it (written as ``model_card.json``).
 
     Attributes
     ----------
     name
         Model name (shown in logs, chosen by ``--model``).
-    task
-        A key of :data:`TASKS` (``'flair-synthesis'``).
+    target
+        What the model predicts, a key of :data:`TARGETS` (``'FLAIR'``, ``'DVR'``).
     inputs
         Input modality keys, in the order of the network's channels (a subset of :data:`MODALITY_KEYS`).
-    output
-        Output modality key (``'FLAIR'``).
     voxel_size_mm
         Isotropic voxel size the model was trained at, or ``None`` for the images' own grid.
     normalisation
-        :class:`Normalisation` for every channel of the inputs and of the output (:data:`CHANNELS`: the key
-        itself, except DWI → FA, RD, AD and PET → DVR), over all brain voxels of the training sessions.
+        :class:`Normalisation` for every channel of the inputs and of the target (:data:`CHANNELS`: the key
+        itself, except DWI → FA, RD, AD), over all brain voxels of the training sessions.
     intensity_normalisation
-        How images are z-scored before the network (:data:`INTENSITY_NORMALISATIONS`): ``'cohort'`` with the
-        ``normalisation`` statistics (paper 001 §2.3), or ``'image'`` with each image's own brain statistics. In both
-        cases a prediction is returned to intensities with the output's ``normalisation`` statistics.
-    architecture
-        Key of :data:`msynth.models.networks.ARCHITECTURES`.
-    architecture_arguments
-        Constructor keyword arguments, including ``in_channels`` (the number of input channels).
+        How images are z-scored before the network: ``'cohort'`` with the ``normalisation`` statistics (paper 001
+        §2.3), or ``'image'`` with each image's own brain statistics. In both cases a prediction is returned to
+        intensities with the target's ``normalisation`` statistics.
+    stages
+        The networks, run in order (:class:`Stage`).
     training
         :class:`TrainingRecord`.
     versions
@@ -203,213 +414,134 @@ class ModelCard:
     created
         ISO 8601 UTC date and time of training.
     schema_version
-        Version of this card format.
+        Version of this card format (:data:`SCHEMA_VERSION`).
     """
 
     name: str
-    task: str
+    target: TargetName
     inputs: tuple[str, ...]
-    output: str
     voxel_size_mm: float | None
     normalisation: dict[str, Normalisation]
-    intensity_normalisation: str
-    architecture: str
-    architecture_arguments: dict[str, Any]
+    intensity_normalisation: IntensityNormalisation
+    stages: tuple[Stage, ...]
     training: TrainingRecord
     versions: dict[str, str] = field(default_factory=software_versions)
-    created: str = field(
-        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
+    created: str = field(default_factory=_now)
     schema_version: int = SCHEMA_VERSION
 
-    def __post_init__(self) -> None:
-        _validate(self.to_dict(), "ModelCard")
+    @property
+    def output(self) -> str:
+        """Modality key of the acquired image the target stands for (``'FLAIR'``, ``'PET'``)."""
+        return TARGETS[self.target].modality
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
+    def _check(self) -> None:
+        _non_empty(self.name, "name")
+        self._check_inputs()
+        if self.voxel_size_mm is not None:
+            _positive(self.voxel_size_mm, "voxel_size_mm", "a positive number or null")
+        expected = channels_of((*self.inputs, self.output))
+        for channel in expected:
+            if channel not in self.normalisation:
+                raise FieldError(f"normalisation.{channel}", "is missing")
+        extra = sorted(set(self.normalisation) - set(expected))
+        if extra:
+            raise FieldError(f"normalisation.{extra[0]}", "is not a channel of the inputs or the target")
+        self._check_stages()
+        for package in ("msynth", "torch", "python"):
+            if package not in self.versions:
+                raise FieldError(f"versions.{package}", "is missing")
+        try:
+            _dt.datetime.fromisoformat(self.created)
+        except ValueError:
+            raise FieldError("created", f"must be an ISO 8601 date, got {self.created!r}") from None
+        if self.schema_version != SCHEMA_VERSION:
+            raise FieldError("schema_version", f"must be {SCHEMA_VERSION} (this msynth's card format), "
+                                                   f"got {self.schema_version!r}")
+
+    def _check_inputs(self) -> None:
+        if not self.inputs:
+            raise FieldError("inputs", "must be a non-empty list of modality keys")
+        for key in self.inputs:
+            if key not in MODALITY_KEYS:
+                raise FieldError("inputs", f"has unknown modality key {key!r}; known: {' '.join(MODALITY_KEYS)}")
+        if len(set(self.inputs)) != len(self.inputs):
+            raise FieldError("inputs", f"lists a key twice: {list(self.inputs)!r}")
+        if list(self.inputs) != sorted(self.inputs, key=MODALITY_KEYS.index):
+            raise FieldError("inputs", f"must follow the canonical order {' '.join(MODALITY_KEYS)}, "
+                                           f"got {list(self.inputs)!r}")
+        if self.output in self.inputs:
+            raise FieldError("inputs", f"contains the target's modality key {self.output!r}")
+
+    def _check_stages(self) -> None:
+        if not self.stages:
+            raise FieldError("stages", "must list at least one stage")
+        for attribute, plural in (("name", "names"), ("weights", "weights files")):
+            values = [getattr(stage, attribute) for stage in self.stages]
+            if len(set(values)) != len(values):
+                raise FieldError("stages", f"must have distinct {plural}, got {values!r}")
+        n_inputs, n_target = len(channels_of(self.inputs)), len(channels_of([self.output]))
+        for index, stage in enumerate(self.stages):
+            expected = n_inputs if index == 0 else n_inputs + n_target
+            arguments = stage.network.arguments
+            if arguments.get("in_channels") != expected:
+                raise FieldError(f"stages[{index}].network.arguments.in_channels",
+                                     f"must equal the number of input channels ({expected}), "
+                                     f"got {arguments.get('in_channels')!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "model card") -> ModelCard:
-        """Build and validate a card from its JSON dictionary.
+        """Build and validate a card from its JSON dictionary (version 1 or 2).
 
         Raises
         ------
         ValueError
             ``'<source>: field '<name>' …'`` for the first missing, unknown or invalid field.
         """
-        _validate(data, source)
-        training = dict(data["training"])
-        training["cv"] = tuple(FoldMetrics(**fold) for fold in training.get("cv", []))
-        training["subjects"] = tuple(training["subjects"])
-        training["augmentation"] = tuple(training.get("augmentation", ()))
-        return cls(
-            name=data["name"], task=data["task"], inputs=tuple(data["inputs"]), output=data["output"],
-            voxel_size_mm=None if data["voxel_size_mm"] is None else float(data["voxel_size_mm"]),
-            normalisation={key: Normalisation(float(v["mean"]), float(v["std"]))
-                           for key, v in data["normalisation"].items()},
-            intensity_normalisation=data["intensity_normalisation"],
-            architecture=data["architecture"], architecture_arguments=dict(data["architecture_arguments"]),
-            training=TrainingRecord(**training), versions=dict(data["versions"]), created=data["created"],
-            schema_version=int(data["schema_version"]),
-        )
+        try:
+            version = data.get("schema_version", SCHEMA_VERSION) if isinstance(data, Mapping) else SCHEMA_VERSION
+            if version not in (1, SCHEMA_VERSION):
+                raise FieldError("schema_version", f"must be 1 or {SCHEMA_VERSION} (the card formats this msynth "
+                                                       f"reads), got {version!r}")
+            return parse(cls, upgrade_v1(data) if version == 1 else data)
+        except FieldError as err:
+            raise ValueError(f"{source}: {err}") from None
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# validation
-# ----------------------------------------------------------------------------------------------------------------
-_TOP_FIELDS = ("name", "task", "inputs", "output", "voxel_size_mm", "normalisation", "intensity_normalisation",
-               "architecture",
-               "architecture_arguments", "training", "versions", "created", "schema_version")
-_TRAINING_REQUIRED = ("subjects", "salt_fingerprint", "n_sessions", "data_source", "data_license", "data_citation",
-                      "command", "seed", "optimizer", "epochs", "patch_size", "early_stopping")
-_TRAINING_OPTIONAL = ("augmentation", "cv")
-AUGMENTATIONS = ("random_flips",)
-_FOLD_FIELDS = ("fold", "n_train", "n_test", "mse", "psnr", "ssim", "epochs")
+#: Version-1 tasks and the target each predicted.
+_V1_TASKS = {"flair-synthesis": "FLAIR", "dvr-synthesis": "DVR"}
 
 
-class _Bad(ValueError):
-    """A field failed validation (carries the dotted field name)."""
+def upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-1 card dictionary as a version-2 one: its single network becomes the stage ``'synthesis'``.
 
-    def __init__(self, name: str, problem: str) -> None:
-        super().__init__(f"field {name!r} {problem}")
+    Version 1 had ``task`` and ``output`` where version 2 has ``target``, ``architecture`` and
+    ``architecture_arguments`` where it has ``stages``, and the optimiser (with the batch size) in ``training``.
+    Version-1 models were trained with MSE (paper 001 eq. 1).
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_keys(data: Any, required: Iterable[str], name: str, optional: Iterable[str] = ()) -> None:
-    if not isinstance(data, Mapping):
-        raise _Bad(name or "card", f"must be a JSON object, got {type(data).__name__}")
-    required = tuple(required)
-    for key in required:
-        if key not in data:
-            raise _Bad(f"{name}.{key}" if name else key, "is missing")
-    unknown = sorted(set(data) - set(required) - set(optional))
-    if unknown:
-        raise _Bad(f"{name}.{unknown[0]}" if name else unknown[0], "is not a model-card field")
-
-
-def _check_str(value: Any, name: str, *, empty: bool = False) -> None:
-    if not isinstance(value, str) or (not empty and not value.strip()):
-        raise _Bad(name, f"must be a non-empty string, got {value!r}")
-
-
-def _check_count(value: Any, name: str, low: int) -> None:
-    if not _is_int(value) or value < low:
-        raise _Bad(name, f"must be an integer >= {low}, got {value!r}")
-
-
-def _validate(data: Mapping[str, Any], source: str) -> None:
-    """Raise ``ValueError('<source>: field …')`` for the first problem in a card dictionary."""
-    try:
-        _validate_fields(data)
-    except _Bad as err:
-        raise ValueError(f"{source}: {err}") from None
-
-
-def _validate_fields(data: Mapping[str, Any]) -> None:
-    _check_keys(data, _TOP_FIELDS, "")
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise _Bad("schema_version", f"must be {SCHEMA_VERSION} (this msynth's card format), "
-                                     f"got {data['schema_version']!r}")
-    _check_str(data["name"], "name")
-    if data["task"] not in TASKS:
-        raise _Bad("task", f"must be one of {', '.join(TASKS)}, got {data['task']!r}")
-    inputs = data["inputs"]
-    if not isinstance(inputs, (list, tuple)) or not inputs:
-        raise _Bad("inputs", f"must be a non-empty list of modality keys, got {inputs!r}")
-    for key in inputs:
-        if key not in MODALITY_KEYS:
-            raise _Bad("inputs", f"has unknown modality key {key!r}; known: {' '.join(MODALITY_KEYS)}")
-    if len(set(inputs)) != len(inputs):
-        raise _Bad("inputs", f"lists a key twice: {inputs!r}")
-    if list(inputs) != sorted(inputs, key=MODALITY_KEYS.index):
-        raise _Bad("inputs", f"must follow the canonical order {' '.join(MODALITY_KEYS)}, got {inputs!r}")
-    if data["output"] != TASKS[data["task"]]:
-        raise _Bad("output", f"must be {TASKS[data['task']]!r} for task {data['task']!r}, got {data['output']!r}")
-    if data["output"] in inputs:
-        raise _Bad("inputs", f"contains the output key {data['output']!r}")
-    voxel = data["voxel_size_mm"]
-    if voxel is not None and (not _is_number(voxel) or voxel <= 0):
-        raise _Bad("voxel_size_mm", f"must be a positive number or null, got {voxel!r}")
-    norm = data["normalisation"]
-    _check_keys(norm, channels_of((*inputs, data["output"])), "normalisation")
-    for key, stats in norm.items():
-        _check_keys(stats, ("mean", "std"), f"normalisation.{key}")
-        if not _is_number(stats["mean"]):
-            raise _Bad(f"normalisation.{key}.mean", f"must be a finite number, got {stats['mean']!r}")
-        if not _is_number(stats["std"]) or stats["std"] <= 0:
-            raise _Bad(f"normalisation.{key}.std", f"must be a positive number, got {stats['std']!r}")
-    if data["intensity_normalisation"] not in INTENSITY_NORMALISATIONS:
-        raise _Bad("intensity_normalisation", f"must be one of {', '.join(INTENSITY_NORMALISATIONS)}, "
-                                              f"got {data['intensity_normalisation']!r}")
-    from msynth.models.networks import ARCHITECTURES
-
-    if data["architecture"] not in ARCHITECTURES:
-        raise _Bad("architecture", f"must be one of {', '.join(sorted(ARCHITECTURES))}, "
-                                   f"got {data['architecture']!r}")
-    arguments = data["architecture_arguments"]
-    if not isinstance(arguments, Mapping):
-        raise _Bad("architecture_arguments", "must be a JSON object")
-    n_channels = len(channels_of(inputs))
-    if arguments.get("in_channels") != n_channels:
-        raise _Bad("architecture_arguments.in_channels",
-                   f"must equal the number of input channels ({n_channels}), got {arguments.get('in_channels')!r}")
-    _validate_training(data["training"])
-    versions = data["versions"]
-    if not isinstance(versions, Mapping) or not all(isinstance(v, str) for v in versions.values()):
-        raise _Bad("versions", f"must map package names to version strings, got {versions!r}")
-    for package in ("msynth", "torch", "python"):
-        if package not in versions:
-            raise _Bad(f"versions.{package}", "is missing")
-    try:
-        _dt.datetime.fromisoformat(data["created"])
-    except (TypeError, ValueError):
-        raise _Bad("created", f"must be an ISO 8601 date, got {data['created']!r}") from None
-
-
-def _validate_training(training: Any) -> None:
-    _check_keys(training, _TRAINING_REQUIRED, "training", optional=_TRAINING_OPTIONAL)
-    subjects = training["subjects"]
-    if (not isinstance(subjects, (list, tuple)) or not subjects
-            or not all(isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdef" for c in s)
-                       for s in subjects)):
-        raise _Bad("training.subjects", "must be a non-empty list of SHA-256 hex digests (never raw labels)")
-    _check_str(training["salt_fingerprint"], "training.salt_fingerprint")
-    _check_count(training["n_sessions"], "training.n_sessions", 1)
-    for key in ("data_source", "data_license", "data_citation"):
-        _check_str(training[key], f"training.{key}", empty=True)
-    _check_str(training["command"], "training.command")
-    _check_count(training["seed"], "training.seed", 0)
-    optimizer = training["optimizer"]
-    if not isinstance(optimizer, Mapping) or optimizer.get("name") not in ("sgd", "adam"):
-        raise _Bad("training.optimizer.name", f"must be 'sgd' or 'adam', got {optimizer!r}")
-    if not _is_number(optimizer.get("lr")) or optimizer["lr"] <= 0:
-        raise _Bad("training.optimizer.lr", f"must be a positive number, got {optimizer.get('lr')!r}")
-    _check_count(training["epochs"], "training.epochs", 1)
-    _check_count(training["patch_size"], "training.patch_size", 1)
-    stopping = training["early_stopping"]
-    _check_keys(stopping, ("strip_length", "strips"), "training.early_stopping")
-    _check_count(stopping["strip_length"], "training.early_stopping.strip_length", 1)
-    _check_count(stopping["strips"], "training.early_stopping.strips", 1)
-    augmentation = training.get("augmentation", [])
-    if not isinstance(augmentation, (list, tuple)) or not set(augmentation) <= set(AUGMENTATIONS):
-        raise _Bad("training.augmentation", f"must be a list of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
-    folds = training.get("cv", [])
-    if not isinstance(folds, (list, tuple)):
-        raise _Bad("training.cv", "must be a list of folds")
-    for i, fold in enumerate(folds):
-        _check_keys(fold, _FOLD_FIELDS, f"training.cv[{i}]")
-        for key in ("fold", "n_train", "n_test", "epochs"):
-            _check_count(fold[key], f"training.cv[{i}].{key}", 0)
-        for key in ("mse", "psnr", "ssim"):
-            if not isinstance(fold[key], (int, float)) or isinstance(fold[key], bool):
-                raise _Bad(f"training.cv[{i}].{key}", f"must be a number, got {fold[key]!r}")
+    Raises
+    ------
+    FieldError
+        For a missing or inconsistent version-1 field.
+    """
+    card = dict(data)
+    for key in ("task", "output", "architecture", "architecture_arguments", "training"):
+        if key not in card:
+            raise FieldError(key, "is missing")
+    task = card.pop("task")
+    if task not in _V1_TASKS:
+        raise FieldError("task", f"must be one of {', '.join(_V1_TASKS)}, got {task!r}")
+    target = _V1_TASKS[task]
+    output = card.pop("output")
+    if output != TARGETS[target].modality:
+        raise FieldError("output", f"must be {TARGETS[target].modality!r} for task {task!r}, got {output!r}")
+    training = dict(card["training"]) if isinstance(card["training"], Mapping) else card["training"]
+    if not isinstance(training, dict) or not isinstance(training.get("optimizer"), Mapping):
+        raise FieldError("training.optimizer", "must be a JSON object")
+    optimizer = dict(training.pop("optimizer"))
+    training["batch_size"] = optimizer.pop("batch_size", 1)
+    stage = {"name": "synthesis", "loss": "mse", "optimizer": optimizer, "weights": WEIGHTS_NAME,
+             "network": {"architecture": card.pop("architecture"), "arguments": card.pop("architecture_arguments")}}
+    return {**card, "target": target, "stages": [stage], "training": training, "schema_version": SCHEMA_VERSION}
 
 
 # ----------------------------------------------------------------------------------------------------------------

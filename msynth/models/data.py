@@ -30,7 +30,7 @@ from msynth.models.card import MODALITY_KEYS, Normalisation, channels_of
 
 __all__ = [
     "CHANNEL_FILES", "Example", "Volume", "array_statistics", "compute_normalisation", "find_examples",
-    "load_volume", "normalise", "normalise_array", "subjects_of",
+    "load_volume", "normalise", "normalise_array", "session_statistics", "subjects_of",
 ]
 
 LOGGER = logging.getLogger("msynth.models")
@@ -93,6 +93,9 @@ class Volume:
         ``(X, Y, Z)`` bool brain mask.
     affine
         Voxel-to-world affine of the grid.
+    roi
+        ``(X, Y, Z)`` integer region labels for the ROI-weighted losses of thesis 003 (the codes of
+        :mod:`msynth.models.losses`: other, NAWM, lesion), or ``None``.
     """
 
     subject: str
@@ -101,6 +104,7 @@ class Volume:
     data: np.ndarray
     mask: np.ndarray
     affine: np.ndarray
+    roi: np.ndarray | None = None
 
     @property
     def label(self) -> str:
@@ -318,6 +322,14 @@ def array_statistics(data: np.ndarray, mask: np.ndarray, channels: Sequence[str]
         mean, std = float(inside.mean()), float(inside.std())
         stats[channel] = Normalisation(mean, std if std > 1e-12 * max(1.0, abs(mean)) else 1.0)
     return stats
+
+
+def session_statistics(volume: Volume, channels: Sequence[str], normalisation: Mapping[str, Normalisation],
+                       scope: str) -> Mapping[str, Normalisation]:
+    """The statistics that z-score ``volume`` (:func:`normalise`): the cohort's, or its own (``scope='image'``)."""
+    if scope == "image":
+        return array_statistics(volume.take(channels), volume.mask, channels)
+    return normalisation
 
 
 def normalise(

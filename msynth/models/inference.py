@@ -1,5 +1,8 @@
 """Running a trained model: device choice, loading, sliding-window prediction and whole-image synthesis.
 
+A model's stages run in order (:class:`StageChain`): the first takes the input channels, each later one the inputs
+and the previous stage's prediction, as the Refiner of thesis 003 §3.2.1 takes the MRI and the Sketcher's DVR.
+
 Prediction follows MONAI's :func:`~monai.inferers.sliding_window_inference` with Gaussian blending: windows run on
 the compute device, the stitched volume lives on the CPU. Each window is predicted from a larger block of context
 (the window plus a *halo* of voxels on each side, clipped at the volume's border) and cropped back, so that a
@@ -11,6 +14,7 @@ volume; for a U-Net the halo is a generous approximation.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msynth.models.card import CARD_NAME, WEIGHTS_NAME, ModelCard, channels_of, read_card
+from msynth.models.card import CARD_NAME, TARGETS, ModelCard, channels_of, read_card
 from msynth.models.data import normalise
 
-__all__ = ["load_model", "predict_volume", "read_inputs", "receptive_halo", "select_device", "synthesize"]
+__all__ = ["StageChain", "load_model", "predict_volume", "read_inputs", "receptive_halo", "select_device",
+           "synthesize"]
 
 LOGGER = logging.getLogger("msynth.models")
 
@@ -58,34 +63,72 @@ def select_device(requested: str = "auto") -> torch.device:
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}")
 
 
+class StageChain(nn.Module):
+    """A model's stages run in order: stage 0 on the inputs, each later stage on the inputs and the previous
+    prediction concatenated along the channel axis (tensors ``N C D H W``).
+
+    Parameters
+    ----------
+    stages
+        The stages' networks; every network after the first takes ``C_in + C_out`` channels.
+    """
+
+    def __init__(self, stages: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(stages) < 2:
+            raise ValueError(f"stages must hold at least two networks, got {len(stages)}")
+        self.stages = nn.ModuleList(stages)
+        #: spatial sizes the chain accepts are multiples of this (every stage's multiple)
+        self.multiple = math.lcm(*(_multiple(stage) for stage in stages))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``N C_in D H W`` inputs → ``N C_out D H W`` prediction of the last stage."""
+        prediction = self.stages[0](x)
+        for stage in self.stages[1:]:
+            prediction = stage(torch.cat([x, prediction], dim=1))
+        return prediction
+
+
 def load_model(model_dir: str | PathLike[str], device: torch.device | str = "cpu") -> tuple[ModelCard, nn.Module]:
     """Read a model folder's card and weights.
 
     Parameters
     ----------
     model_dir
-        Folder with ``model_card.json`` and ``model.pt`` (a ``state_dict``).
+        Folder with ``model_card.json`` and each stage's weights (a ``state_dict``; ``model.pt`` for one stage).
     device
         Where the network's parameters go.
 
     Returns
     -------
     (ModelCard, torch.nn.Module)
-        The network is in evaluation mode.
+        The network of a one-stage card, or the :class:`StageChain` of a multi-stage one, in evaluation mode.
+
+    Raises
+    ------
+    ValueError
+        Naming the card and the stage, for an architecture this msynth lacks or weights of another network.
     """
     from msynth.models.networks import build_network
 
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    weights = model_dir / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: the model's weights are missing")
-    model = build_network(card.architecture, card.architecture_arguments)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{weights}: does not match the network of {model_dir / CARD_NAME} ({err})") from None
+    networks = []
+    for index, stage in enumerate(card.stages):
+        weights = model_dir / stage.weights
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: the weights of stage {stage.name!r} are missing")
+        try:
+            network = build_network(stage.network.architecture, stage.network.arguments)
+        except ValueError as err:
+            raise ValueError(f"{model_dir / CARD_NAME}: field 'stages[{index}].network' {err}") from None
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{weights}: does not match the network of {model_dir / CARD_NAME} ({err})") from None
+        networks.append(network)
+    model = networks[0] if len(networks) == 1 else StageChain(networks)
     return card, model.to(device).eval()
 
 
@@ -94,10 +137,13 @@ def receptive_halo(model: nn.Module) -> int:
 
     For :class:`~msynth.models.networks.FCN3D` this is the receptive radius ``depth * (kernel_size // 2)``
     (exact). For a U-Net it is the receptive radius of the convolutions, ``4 * (2**levels - 1)`` (approximate: the
-    pooling grid still depends on where a window starts). Other modules: 8.
+    pooling grid still depends on where a window starts). A :class:`StageChain`: the sum over its stages. Other
+    modules: 8.
     """
     from msynth.models.networks import FCN3D, UNet3D
 
+    if isinstance(model, StageChain):
+        return sum(receptive_halo(stage) for stage in model.stages)
     if isinstance(model, FCN3D):
         return model.depth * (model.kernel_size // 2)
     if isinstance(model, UNet3D):
@@ -264,7 +310,7 @@ def synthesize(
     out_name: str | None = None,
     progress: bool | None = None,
 ) -> Path:
-    """Synthesise the card's output image from its input images.
+    """Synthesise the card's target image from its input images.
 
     Each input channel is z-scored inside ``brain_mask`` as the card says (with the card's statistics, or the image's
     own; 0 outside), the network runs
@@ -288,7 +334,7 @@ def synthesize(
     window, overlap
         Sliding-window settings (:func:`predict_volume`).
     out_name
-        Output file name (default ``<card name>_<output key>.nii.gz``).
+        Output file name (default ``<card name>_<target>.nii.gz``).
     progress
         Progress bar over windows (default: when stderr is a terminal).
 
@@ -304,16 +350,15 @@ def synthesize(
     raw = read_inputs(card, images, mask_img)
     in_channels = channels_of(card.inputs)
     data = normalise(raw, mask, in_channels, card.normalisation, card.intensity_normalisation)
-    LOGGER.info("model %s (%s → %s) on %s, %s windows", card.name, "+".join(card.inputs), card.output,
+    LOGGER.info("model %s (%s → %s) on %s, %s windows", card.name, "+".join(card.inputs), card.target,
                 torch_device, window)
     show = sys.stderr.isatty() if progress is None else progress
     predicted = predict_volume(model, data, window=window, overlap=overlap, device=torch_device, progress=show)[0]
-    (out_channel,) = channels_of([card.output])
-    stats = card.normalisation[out_channel]
+    stats = card.normalisation[TARGETS[card.target].channel]
     result = np.clip(predicted * stats.std + stats.mean, 0, None) * mask
     newpath = Path(newpath)
     newpath.mkdir(parents=True, exist_ok=True)
-    out_file = newpath / (out_name or f"{card.name}_{card.output}.nii.gz")
+    out_file = newpath / (out_name or f"{card.name}_{card.target}.nii.gz")
     header = mask_img.header.copy()
     header.set_data_dtype(np.float32)
     out = nib.Nifti1Image(result.astype(np.float32), mask_img.affine, header)

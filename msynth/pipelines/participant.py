@@ -14,7 +14,8 @@ from msynth.pipelines.coregistration import SUFFIX, init_coregistration_wf
 from msynth.pipelines.dwi import init_dwi_wf
 from msynth.pipelines.masks import init_masks_wf
 from msynth.pipelines.pet import init_pet_wf
-from msynth.pipelines.synthesis import init_flair_synthesis_wf
+from msynth.pipelines.evaluation import MASK_FIELDS, init_flair_evaluation_wf
+from msynth.pipelines.synthesis import init_synthesis_wf
 from msynth.pipelines.template import init_template_registration_wf
 from msynth.utils.bids import SessionData
 
@@ -109,15 +110,18 @@ def init_session_wf(
                                            saliency=saliency)
     flair = preprocessed.get("FLAIR")
     if flair is None and synthesis_wf is not None:
-        flair = (synthesis_wf, "outputnode.synthetic_flair")
+        flair = (synthesis_wf, "outputnode.synthetic")
     masks_wf = _add_masks_wf(workflow, data=data, bids_dir=bids_dir, output_dir=output_dir,
                              omp_nthreads=omp_nthreads, anat_reference_wf=anat_reference_wf, template_wf=template_wf,
                              coregistration_wfs=coregistration_wfs, flair=flair)
     if synthesis_wf is not None and "FLAIR" in preprocessed:  # evaluate the synthetic FLAIR against the acquired one
+        evaluation_wf = init_flair_evaluation_wf(t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir)
         workflow.connect([
-            (coregistration_wfs["FLAIR"], synthesis_wf, [("outputnode.preproc", "inputnode.flair")]),
-            (masks_wf, synthesis_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in (
-                "lesion_mask", "nawm", "surrounding_nawm", "gm", "wm", "csf", "gm_prior", "wm_prior")]),
+            (coregistration_wfs["FLAIR"], synthesis_wf, [("outputnode.preproc", "inputnode.acquired")]),
+            (synthesis_wf, evaluation_wf, [("outputnode.synthetic", "inputnode.synthetic")]),
+            (coregistration_wfs["FLAIR"], evaluation_wf, [("outputnode.preproc", "inputnode.acquired")]),
+            (anat_reference_wf, evaluation_wf, [("outputnode.brain_mask", "inputnode.brain_mask")]),
+            (masks_wf, evaluation_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in MASK_FIELDS]),
         ])  # fmt: skip
     if "DWI" in data.files:
         bval, bvec = data.gradients
@@ -158,7 +162,7 @@ def _add_flair_synthesis_wf(
 ) -> pe.Workflow | None:
     """Add FLAIR synthesis with the model chosen for this session, fed its space-T1w inputs; None (the reason
     logged) when no model can run."""
-    candidates = [model for model in models or shipped_models() if read_card(model).output == "FLAIR"]
+    candidates = [model for model in models or shipped_models() if read_card(model).target == "FLAIR"]
     if not candidates:
         LOGGER.info("%s: FLAIR synthesis skipped: no FLAIR model %s", data.label,
                     "among --model" if models else "is shipped; train one with msynth-train flair")
@@ -171,9 +175,10 @@ def _add_flair_synthesis_wf(
         return None
     card = read_card(model_dir)
     LOGGER.info("%s: FLAIR synthesis with %s (inputs %s)", data.label, card.name, "+".join(card.inputs))
-    synthesis_wf = init_flair_synthesis_wf(model_dir=model_dir, card=card, t1w=data.files["T1w"], bids_dir=bids_dir,
-                                           output_dir=output_dir, device=device, omp_nthreads=omp_nthreads,
-                                           saliency=saliency, evaluate="FLAIR" in data.files)
+    synthesis_wf = init_synthesis_wf(model_dir=model_dir, card=card, t1w=data.files["T1w"], bids_dir=bids_dir,
+                                     output_dir=output_dir, device=device, omp_nthreads=omp_nthreads,
+                                     saliency=saliency, target_acquired="FLAIR" in data.files,
+                                     name="flair_synthesis_wf")
     workflow.connect([
         (anat_reference_wf, synthesis_wf, [("outputnode.brain_mask", "inputnode.brain_mask")]),
         *[(preprocessed[key][0], synthesis_wf, [(preprocessed[key][1], f"inputnode.{key}")]) for key in card.inputs],

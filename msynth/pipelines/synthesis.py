@@ -1,4 +1,4 @@
-"""FLAIR synthesis with a trained model, in space-T1w, and its evaluation when a FLAIR was acquired."""
+"""Synthesis of a model card's target (a FLAIR, a PIB DVR map) in space-T1w, with a trained model."""
 
 from __future__ import annotations
 
@@ -10,30 +10,16 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from msynth.interfaces.bids import DerivativesDataSink
-from msynth.interfaces.masks import DetectLesions
 from msynth.interfaces.registration import ResampleToTarget
-from msynth.interfaces.synthesis import SynthesisMetrics, SynthesizeImage
-from msynth.models.card import ModelCard, channels_of
+from msynth.interfaces.synthesis import SynthesizeImage
+from msynth.models.card import TARGETS, ModelCard, channels_of
 from msynth.utils.derivatives import bids_uri
 
 #: Relative difference between the model's and the T1w's voxel size below which the model runs on the T1w grid.
 GRID_TOLERANCE = 0.1
 
-#: Column descriptions of the synthesis metrics TSV (its JSON data dictionary).
-METRICS_DICTIONARY = {
-    "mse": {"Description": "Mean squared error inside the brain, both images z-scored inside the brain"},
-    "psnr": {"Description": "Peak signal-to-noise ratio inside the brain (z-scored images)", "Units": "dB"},
-    "ssim": {"Description": "Structural similarity averaged inside the brain (MONAI; 11-voxel Gaussian window), the "
-                      "synthetic FLAIR matched to the acquired one's brain mean and SD, both 0 outside the brain"},
-    "ratio1_synthetic": {"Description": "Mean lesion / mean NAWM intensity of the synthetic FLAIR (paper 001)"},
-    "ratio1_acquired": {"Description": "Mean lesion / mean NAWM intensity of the acquired FLAIR"},
-    "ratio2_synthetic": {"Description": "Mean lesion / mean surrounding-NAWM intensity of the synthetic FLAIR"},
-    "ratio2_acquired": {"Description": "Mean lesion / mean surrounding-NAWM intensity of the acquired FLAIR"},
-    "lesion_dice": {"Description": "Dice of the automatic lesion masks of the synthetic and the acquired FLAIR"},
-}
 
-
-def init_flair_synthesis_wf(
+def init_synthesis_wf(
     *,
     model_dir: Path,
     card: ModelCard,
@@ -43,13 +29,14 @@ def init_flair_synthesis_wf(
     device: str,
     omp_nthreads: int,
     saliency: bool,
-    evaluate: bool,
-    name: str = "flair_synthesis_wf",
+    target_acquired: bool = False,
+    name: str = "synthesis_wf",
 ) -> pe.Workflow:
-    """Synthesise a FLAIR from a session's co-registered images with a trained model.
+    """Synthesise a model card's target from a session's co-registered images.
 
     The inputs (space-T1w) go onto the model's grid (its voxel size on the T1w field of view) when it differs from
-    the T1w's by more than 10 %, the network runs with sliding windows, and the prediction returns to space-T1w.
+    the T1w's by more than 10 %, the model's stages run with sliding windows, and the prediction returns to
+    space-T1w, named as the card's target says (:data:`msynth.models.card.TARGETS`).
 
     Parameters
     ----------
@@ -64,57 +51,58 @@ def init_flair_synthesis_wf(
     omp_nthreads
         torch CPU threads.
     saliency
-        Also write the P3S map of each input (paper 001, §2.2).
-    evaluate
-        A FLAIR was acquired: compare the synthetic one with it (``desc-synth_FLAIR`` metrics TSV).
+        Also write the P3S map of each input channel (paper 001, §2.2).
+    target_acquired
+        ``inputnode.acquired`` will hold the acquired target: the P3S maps then measure the prediction's error
+        against it (paper 001 eq. 3) rather than the prediction itself.
 
     Inputs
     ------
     brain_mask
         Brain mask (space-T1w).
-    <key> for each input key of the card
-        The preprocessed image in space-T1w.
-    flair, lesion_mask, nawm, surrounding_nawm, gm, wm, csf, gm_prior, wm_prior
-        The acquired FLAIR (space-T1w) and the session's masks and tissue maps (``evaluate`` only).
+    <channel> for each input channel of the card
+        The preprocessed image in space-T1w (DWI as FA, RD and AD).
+    acquired
+        The acquired target image in space-T1w (``target_acquired`` only).
 
     Outputs
     -------
-    synthetic_flair
-        The synthetic FLAIR in space-T1w.
+    synthetic
+        The synthetic image in space-T1w.
     """
+    target = TARGETS[card.target]
+    channels = list(channels_of(card.inputs))
+    networks = " then ".join(f"{stage.network.architecture} {stage.name}" if len(card.stages) > 1
+                             else stage.network.architecture for stage in card.stages)
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = (
-        f"A FLAIR image was synthesised from the {', '.join(card.inputs)} images with the {card.architecture} model "
-        f"'{card.name}' (msynth, after Wei et al.), run with overlapping sliding windows and Gaussian blending "
+        f"A {target.noun} was synthesised from the {', '.join(card.inputs)} images with the model '{card.name}' "
+        f"({networks}; msynth, after Wei et al.), run with overlapping sliding windows and Gaussian blending "
         "(MONAI)."
     )
-    keys = list(card.inputs)
-    fields = ["brain_mask", *keys, "flair", "lesion_mask", "nawm", "surrounding_nawm", "gm", "wm", "csf", "gm_prior",
-              "wm_prior"]
-    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["synthetic_flair"]), name="outputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["brain_mask", *channels, "acquired"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["synthetic"]), name="outputnode")
 
-    gather_inputs = pe.Node(niu.Merge(len(keys)), name="gather_inputs", run_without_submitting=True)
+    gather_inputs = pe.Node(niu.Merge(len(channels)), name="gather_inputs", run_without_submitting=True)
     synthesize = pe.Node(
-        SynthesizeImage(model_dir=str(model_dir), keys=keys, device=device, saliency=saliency,
+        SynthesizeImage(model_dir=str(model_dir), keys=channels, device=device, saliency=saliency,
                         omp_nthreads=omp_nthreads),
         name="synthesize", n_procs=omp_nthreads, mem_gb=4,
     )
-    sink = {"base_directory": str(output_dir), "source_file": str(t1w), "datatype": "anat"}
+    sink = {"base_directory": str(output_dir), "source_file": str(t1w), "datatype": target.datatype}
     reference = {"SpatialReference": bids_uri(bids_dir, t1w)}
     ds_synthetic = pe.Node(
-        DerivativesDataSink(**sink, suffix="FLAIR", entities={"space": "T1w", "desc": "synth"},
-                            metadata={**reference, "SkullStripped": True,
-                                      "Description": "Synthetic FLAIR (msynth model), 0 outside the brain mask."}),
+        DerivativesDataSink(**sink, suffix=target.suffix, entities=target.entities,
+                            metadata={**reference, "SkullStripped": True, "Description": target.description}),
         name="ds_synthetic", run_without_submitting=True,
     )
-    # The synthetic FLAIR in space-T1w: the network's output, or its output brought back from the model's grid.
+    # The synthetic image in space-T1w: the network's output, or its output brought back from the model's grid.
     synthetic_to_t1w = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="synthetic_to_t1w")
     workflow.connect([
-        *[(inputnode, gather_inputs, [(key, f"in{index}")]) for index, key in enumerate(keys, start=1)],
+        *[(inputnode, gather_inputs, [(channel, f"in{index}")]) for index, channel in enumerate(channels, start=1)],
         (synthetic_to_t1w, ds_synthetic, [("out_file", "in_file")]),
         (synthesize, ds_synthetic, [("metadata", "run_metadata")]),
-        (synthetic_to_t1w, outputnode, [("out_file", "synthetic_flair")]),
+        (synthetic_to_t1w, outputnode, [("out_file", "synthetic")]),
     ])  # fmt: skip
 
     on_t1w_grid = _on_t1w_grid(card, t1w)
@@ -146,7 +134,7 @@ def init_flair_synthesis_wf(
                                           "§2.2): |d(prediction error)/d(input)|, normalised inputs."}),
             iterfield=["in_file", "entities"], name="ds_saliency", run_without_submitting=True,
         )
-        ds_saliency.inputs.entities = [{"space": "T1w", "desc": f"P3S{channel}"} for channel in channels_of(keys)]
+        ds_saliency.inputs.entities = [{"space": "T1w", "desc": f"P3S{channel}"} for channel in channels]
         if on_t1w_grid:
             workflow.connect([(synthesize, ds_saliency, [("saliency_files", "in_file")])])
         else:
@@ -156,33 +144,8 @@ def init_flair_synthesis_wf(
                 (synthesize, saliency_to_t1w, [("saliency_files", "in_file")]),
                 (saliency_to_t1w, ds_saliency, [("out_file", "in_file")]),
             ])  # fmt: skip
-        if evaluate and on_t1w_grid:  # the paper's map compares the prediction with the acquired FLAIR
-            workflow.connect([(inputnode, synthesize, [("flair", "target")])])
-
-    if evaluate:
-        # Both automatic masks of the lesion Dice come from the same (final) tissue maps, so they differ only by the
-        # FLAIR they were drawn on; the masks workflow's own mask may be given, or drawn with the unfilled tissues.
-        detect_synthetic = pe.Node(DetectLesions(), name="detect_synthetic_lesions", mem_gb=2)
-        detect_acquired = pe.Node(DetectLesions(), name="detect_acquired_lesions", mem_gb=2)
-        metrics = pe.Node(SynthesisMetrics(), name="metrics", mem_gb=2)
-        ds_metrics = pe.Node(
-            DerivativesDataSink(**sink, suffix="metrics", entities={"space": "T1w", "desc": "synthFLAIR"},
-                                metadata={**reference, **METRICS_DICTIONARY}),
-            name="ds_metrics", run_without_submitting=True,
-        )
-        tissues = [("brain_mask", "brain_mask"), ("gm", "gm"), ("wm", "wm"), ("csf", "csf"), ("gm_prior", "gm_prior"),
-                   ("wm_prior", "wm_prior")]
-        workflow.connect([
-            (inputnode, detect_synthetic, tissues),
-            (synthetic_to_t1w, detect_synthetic, [("out_file", "flair")]),
-            (inputnode, detect_acquired, [*tissues, ("flair", "flair")]),
-            (synthetic_to_t1w, metrics, [("out_file", "synthetic")]),
-            (inputnode, metrics, [("flair", "acquired"), ("brain_mask", "brain_mask"), ("lesion_mask", "lesion_mask"),
-                                  ("nawm", "nawm"), ("surrounding_nawm", "surrounding_nawm")]),
-            (detect_synthetic, metrics, [("out_mask", "synthetic_lesions")]),
-            (detect_acquired, metrics, [("out_mask", "acquired_lesions")]),
-            (metrics, ds_metrics, [("out_tsv", "in_file")]),
-        ])  # fmt: skip
+        if target_acquired and on_t1w_grid:  # the paper's map compares the prediction with the acquired image
+            workflow.connect([(inputnode, synthesize, [("acquired", "target")])])
     return workflow
 
 
