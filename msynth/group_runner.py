@@ -34,6 +34,8 @@ def run_group_level(config: RunConfig, *, on_start: Callable[[], None] = lambda:
         raise UsageError(f"no DVR map in {config.output_dir} (no session had a PET or a synthetic DVR) — the group "
                          "level measures myelin from DVR maps")
     on_start()
+    for note in inputs.notes:
+        LOGGER.warning(note)
     patients, controls = inputs.group("MS"), inputs.group("HC")
     LOGGER.info("group level: %d controls, %d patients, DVR sources: %s", len(controls), len(patients),
                 ", ".join(inputs.sources))

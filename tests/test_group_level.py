@@ -123,10 +123,10 @@ def test_agreement_with_the_noisy_source(group_run):
     assert agreement["dice_t0"].between(0.3, 1.0).all()
     bland_altman = _table(out, "bland_altman").set_index("quantity")
     # white noise of mean 0 leaves the mean DVR of a region unbiased: |bias| well below the noise SD
-    for roi in ("dvr_lesion", "dvr_nawm", "dvr_control_wm"):
+    for roi in ("dvr_lesion_t0", "dvr_lesion_t1", "dvr_nawm_t0", "dvr_control_wm"):
         assert abs(bland_altman.loc[roi, "bias"]) < NOISE_SD / 5, roi
     assert bland_altman.loc["dvr_control_wm", "n"] == 3
-    assert bland_altman.loc["dvr_lesion", "n"] == 14
+    assert bland_altman.loc["dvr_lesion_t0", "n"] == 7 and bland_altman.loc["dvr_lesion_t1", "n"] == 7
 
 
 def test_edss_regression_columns_and_truth_table_betas(group_run):
@@ -140,8 +140,22 @@ def test_edss_regression_columns_and_truth_table_betas(group_run):
     data = truth.assign(sex_female=(truth["sex"] == "F").astype(float), t2_lesion_load_mm3=truth["t2_lesion_load"])
     got = statistics.edss_regression(data, "dynamic_remyelination")
     assert got["beta_std"] == pytest.approx(cohort.regression["StandardizedBeta"]["dynamic_remyelination"], abs=0.05)
-    acquired = regression.set_index(["source", "index"]).loc[("acquired", "dynamic_remyelination")]
-    assert np.isfinite(acquired["beta_std"]) and acquired["se"] > 0
+    # the table's row is the OLS of the raw dataset's EDSS, age, sex and the lesion load on the written indices
+    cohort_table = _table(out, "cohort").set_index("participant_id")
+    patients = truth.set_index("participant_id")
+    np.testing.assert_allclose(cohort_table.loc[patients.index, "edss_t0"], patients["edss"])
+    load = cohort_table.loc[patients.index, "t2_lesion_load_mm3"] / patients["t2_lesion_load"]
+    # the mask's voxels (lesion share >= 0.5 of a 4 mm voxel) against the truth's partial-volume sum: measured
+    # 0.40-0.62 of it, small lesions falling below half a voxel
+    assert load.between(0.3, 1.0).all(), load
+    assert np.corrcoef(cohort_table.loc[patients.index, "t2_lesion_load_mm3"], patients["t2_lesion_load"])[0, 1] > 0.8
+    indices = _table(out, "myelin_indices")
+    data = indices[indices["source"] == "acquired"].merge(cohort_table.reset_index(), on="participant_id")
+    data = data.assign(edss=data["edss_t0"], sex_female=(data["sex"] == "F").astype(float))
+    expected = statistics.edss_regression(data, "dynamic_remyelination")
+    written = regression.set_index(["source", "index"]).loc[("acquired", "dynamic_remyelination")]
+    for column in ("coef", "se", "t", "p", "beta_std"):
+        assert written[column] == pytest.approx(expected[column], rel=1e-6), column
 
 
 def test_group_outputs_validate(group_run):
@@ -165,8 +179,8 @@ def _copy_without(bids: Path, root: Path, label: str, session: str) -> Path:
 def test_single_session_patient_gets_na_with_reason(cohort_maps):
     cohort, out, root = cohort_maps
     bids = _copy_without(cohort.bids_dir, root, "MS02", "02")
-    single = root / "out-single"
-    shutil.copytree(out, single, ignore=shutil.ignore_patterns("group", "logs"))
+    single = root / "out-single"  # and acquired PET only: no synthetic DVR
+    shutil.copytree(out, single, ignore=shutil.ignore_patterns("group", "logs", "*_desc-synth_meas-DVR_mimap.*"))
     argv = [str(bids), str(single), "group", "-w", str(root / "work-single"), "--nprocs", "2",
             "--skip-bids-validation"]
     assert cli.main(argv) == 0
@@ -175,6 +189,9 @@ def test_single_session_patient_gets_na_with_reason(cohort_maps):
     assert np.isfinite(row["pct_demyelinated_t0"]) and np.isnan(row["dynamic_remyelination"])
     reasons = json.loads((single / "group" / "myelin_indices.json").read_text())["NotAvailable"]
     assert reasons["sub-MS02 acquired dynamic_remyelination"] == "single session: no follow-up"
+    assert set(indices.index.get_level_values("source")) == {"acquired"}
+    assert _table(single, "agreement").empty
+    assert "single session: no follow-up" in (single / "group" / "report.html").read_text()
 
 
 @pytest.mark.parametrize(("argv_extra", "remove", "expected"), [

@@ -22,6 +22,8 @@ REGRESSION_INDICES = ("pct_demyelinated_t0", "pct_demyelinated_t1", "global_inde
                       "dynamic_remyelination")
 DICE_COLUMNS = ("dice_t0", "dice_t1", "dice_dynamic_demyelination", "dice_dynamic_remyelination")
 _PERCENT = "percent of the baseline lesion voxels"
+#: Tables whose n/a values are explained in their sidecar's ``NotAvailable``.
+_EXPLAINED = ("myelin_indices", "agreement")
 DICTIONARIES: dict[str, dict[str, dict[str, str]]] = {
     "cohort": {
         "participant_id": {"Description": "Participant"},
@@ -54,8 +56,9 @@ DICTIONARIES: dict[str, dict[str, dict[str, str]]] = {
     },
     "bland_altman": {
         "source": {"Description": "Synthesis model compared with the acquired PET"},
-        "quantity": {"Description": "dvr_<region>: mean DVR in a region (control_wm, nawm, lesion) per session; "
-                                    "or an index of myelin_indices.tsv per patient"},
+        "quantity": {"Description": "dvr_control_wm: mean DVR in a control's white matter (baseline); "
+                                    "dvr_<lesion|nawm>_<t0|t1>: mean DVR in a patient's region at baseline or "
+                                    "follow-up; or an index of myelin_indices.tsv per patient"},
         "n": {"Description": "Pairs"},
         "bias": {"Description": "Mean of synthetic - acquired"},
         "sd": {"Description": "Sample SD of synthetic - acquired"},
@@ -89,15 +92,15 @@ DICTIONARIES: dict[str, dict[str, dict[str, str]]] = {
 
 
 def _pivot(measures: pd.DataFrame, quantities: tuple[str, ...]) -> pd.DataFrame:
-    rows = measures[measures["quantity"].isin(quantities) & (measures["session"].fillna("") == "")]
-    table = rows.pivot_table(index=["participant_id", "source"], columns="quantity", values="value",
-                             aggfunc="first", dropna=False)
+    """Per-patient measures as one row per (participant, source) that has them, one column per quantity."""
+    rows = measures[measures["quantity"].isin(quantities) & (measures["session"] == "")]
+    table = rows.groupby(["participant_id", "source", "quantity"], sort=False)["value"].first().unstack("quantity")
     return table.reindex(columns=list(quantities)).reset_index()
 
 
 def _paired_points(measures: pd.DataFrame, quantities: list[str]) -> pd.DataFrame:
     """acquired vs each synthetic source, per participant (and session) and quantity."""
-    rows = measures[measures["quantity"].isin(quantities)].assign(session=lambda d: d["session"].fillna(""))
+    rows = measures[measures["quantity"].isin(quantities)]
     acquired = rows[rows["source"] == myelin.ACQUIRED]
     synthetic = rows[~rows["source"].isin([myelin.ACQUIRED, ""])]
     keys = ["participant_id", "session", "quantity"]
@@ -106,10 +109,24 @@ def _paired_points(measures: pd.DataFrame, quantities: list[str]) -> pd.DataFram
     return points[["participant_id", "session", "source", "quantity", "acquired", "synthetic"]].reset_index(drop=True)
 
 
-def _not_available(measures: pd.DataFrame) -> dict[str, str]:
-    """``participant source quantity`` → the reason a value is n/a."""
-    missing = measures[measures["value"].isna() & measures["note"].fillna("").ne("")]
-    return {f"{r.participant_id} {r.source} {r.quantity}".strip(): r.note for r in missing.itertuples()}
+def _not_available(measures: pd.DataFrame, quantities: tuple[str, ...]) -> dict[str, str]:
+    """``participant [session] source quantity`` → the reason its value is n/a, for the given quantities."""
+    missing = measures[measures["value"].isna() & measures["note"].ne("") & measures["quantity"].isin(quantities)]
+    return {" ".join(filter(None, (r.participant_id, r.session, r.source, r.quantity))): r.note
+            for r in missing.itertuples()}
+
+
+#: Sex as participants.tsv may write it (BIDS allows these spellings) → 1 for a woman, 0 for a man.
+_FEMALE = {"f": 1.0, "female": 1.0, "w": 1.0, "woman": 1.0, "m": 0.0, "male": 0.0, "man": 0.0}
+
+
+def sex_female(sex: pd.Series) -> pd.Series:
+    """1 for a woman, 0 for a man, NaN (left out of the regression) for anything else.
+
+    >>> sex_female(pd.Series(["F", "male", "n/a"])).tolist()
+    [1.0, 0.0, nan]
+    """
+    return sex.astype(str).str.strip().str.lower().map(_FEMALE).astype(float)
 
 
 def group_tables(measures: pd.DataFrame, cohort: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -131,7 +148,7 @@ def group_tables(measures: pd.DataFrame, cohort: pd.DataFrame) -> dict[str, pd.D
     agreement = agreement[agreement["source"] != myelin.ACQUIRED].reset_index(drop=True)
     roi = sorted(q for q in measures["quantity"].unique() if q.startswith("dvr_"))
     points = _paired_points(measures, roi + list(myelin.INDEX_COLUMNS[1:]))
-    clinical = cohort.assign(edss=cohort["edss_t0"], sex_female=(cohort["sex"] == "F").astype(float))
+    clinical = cohort.assign(edss=cohort["edss_t0"], sex_female=sex_female(cohort["sex"]))
     regression = statistics.regression_table(indices, clinical, REGRESSION_INDICES)
     return {"cohort": cohort, "myelin_indices": indices, "agreement": agreement,
             "bland_altman": statistics.bland_altman_table(points), "bland_altman_points": points,
@@ -147,13 +164,13 @@ def write_group_tables(tables: dict[str, pd.DataFrame], measures: pd.DataFrame, 
     """
     newpath = Path(newpath)
     newpath.mkdir(parents=True, exist_ok=True)
-    reasons = _not_available(measures)
     written = []
     for name, table in tables.items():
         tsv = newpath / f"{name}.tsv"
         table.replace([np.inf, -np.inf], np.nan).to_csv(tsv, sep="\t", index=False, na_rep="n/a")
         sidecar = {**DICTIONARIES[name], "Parameters": parameters}
-        if name in ("myelin_indices", "agreement") and reasons:
+        reasons = _not_available(measures, tuple(table.columns)) if name in _EXPLAINED else {}
+        if reasons:
             sidecar["NotAvailable"] = reasons
         (newpath / f"{name}.json").write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
         written += [tsv, newpath / f"{name}.json"]

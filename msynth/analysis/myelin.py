@@ -13,10 +13,11 @@ The procedure is Bodini et al. (Ann Neurol 2016;79:726-738) as thesis 003 uses i
    ``dynamic_demyelination`` = voxels normal at t0 and demyelinated at t1, over the voxels normal at t0;
    ``dynamic_remyelination`` = voxels demyelinated at t0 and normal at t1, over the voxels demyelinated at t0.
 
-The thesis registers every subject nonlinearly to MNI space before step 1. msynth computes each subject's
-distance-to-CSF rings on the subject's own T1w grid instead: the criterion depends on a voxel's distance to CSF only,
-which a nonlinear registration changes by interpolation, not by anatomy. ``benchmarks/group_phantom.py`` measures
-the consequence on the phantom.
+The thesis registers every subject nonlinearly to MNI space before step 1, so its rings are millimetres of the
+template. msynth measures each voxel's distance to CSF in millimetres of the subject's own T1w grid instead (no
+template warp, whose local scaling would stretch or shrink a subject's distances to CSF): a deliberate difference.
+``benchmarks/group_phantom.py`` measures what classifying on each subject's T1w grid does to the indices.
+A lesion voxel without a finite DVR is never demyelinated (it counts as normal).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _rings(csf_distance: PathLikeStr, reference: pd.DataFrame) -> np.ndarray:
 
 def read_reference(path: PathLikeStr) -> pd.DataFrame:
     """A control-reference table written by :func:`write_control_reference`."""
-    return pd.read_csv(path, sep="\t", na_values=["n/a"])
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
 
 
 def write_control_reference(controls: Sequence[Mapping[str, str]], *, source: str, newpath: PathLikeStr,
@@ -94,7 +94,7 @@ def write_demyelinated_mask(dvr: PathLikeStr, lesion: PathLikeStr, csf_distance:
 
 
 def _on_baseline(image: PathLikeStr, baseline_t1w: PathLikeStr, xfm: PathLikeStr, newpath: Path) -> np.ndarray:
-    """A follow-up map resampled (linear) onto the baseline grid through the follow-up → baseline rigid transform."""
+    """A follow-up map resampled (linear) onto the baseline grid; ``xfm`` maps baseline points to follow-up points."""
     return _load(apply_transform(image, baseline_t1w, xfm, newpath=newpath, suffix="on_baseline"))
 
 
@@ -121,8 +121,8 @@ def patient_measures(*, participant_id: str, baseline: Mapping[str, str], follow
     pandas.DataFrame
         :data:`MEASURE_COLUMNS`: per source the indices of :func:`msynth.analysis.myelin.myelin_indices`
         (``session`` empty), the baseline lesion load ``t2_lesion_load_mm3`` (``source`` empty), per synthetic
-        source the Dice of each mask against the acquired one, and per session
-        and source ``dvr_lesion``/``dvr_nawm``. A value is NaN with its reason in ``note`` where it cannot be
+        source the Dice of each mask against the acquired one, and per session and source
+        ``dvr_lesion_<t0|t1>``/``dvr_nawm_<t0|t1>``. A value is NaN with its reason in ``note`` where it cannot be
         computed.
     """
     newpath = Path(newpath)
@@ -165,12 +165,12 @@ def patient_measures(*, participant_id: str, baseline: Mapping[str, str], follow
         for name in ("t0", "t1", "dynamic_demyelination", "dynamic_remyelination"):
             add("", source, f"dice_{name}", agreement.get(f"dice_{name}", np.nan),
                 "" if f"dice_{name}" in agreement else "no follow-up with both DVR sources")
-    for session in (baseline, follow_up):
+    for time_point, session in (("t0", baseline), ("t1", follow_up)):
         if session is None or not session.get("lesion"):
             continue
-        regions = {"lesion": _load(session["lesion"]) > 0.5}
+        regions = {f"lesion_{time_point}": _load(session["lesion"]) > 0.5}
         if session.get("nawm"):
-            regions["nawm"] = _load(session["nawm"]) > 0.5
+            regions[f"nawm_{time_point}"] = _load(session["nawm"]) > 0.5
         for source in [s for s in sources if f"dvr:{s}" in session]:
             for quantity, value in myelin.roi_means(_load(session[f"dvr:{source}"]), regions).items():
                 add(session["session"], source, quantity, value)

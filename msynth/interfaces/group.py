@@ -30,6 +30,8 @@ from msynth.analysis.myelin_maps import (
 class _ControlReferenceInputSpec(BaseInterfaceInputSpec):
     controls = traits.List(traits.Dict(traits.Str, traits.Str), mandatory=True,
                            desc="per control session: participant_id, session, dvr, wm, csf_distance")
+    map_files = InputMultiObject(File(exists=True), mandatory=True,
+                                 desc="every file named in controls (so a rerun notices when one changes)")
     source = traits.Str(mandatory=True, desc="DVR source: 'acquired' or a model name")
     ring_width_mm = traits.Float(mandatory=True, desc="width of a distance-to-CSF ring")
     max_distance_mm = traits.Float(mandatory=True, desc="distance from which voxels share the last ring")
@@ -87,6 +89,8 @@ class _PatientMeasuresInputSpec(BaseInterfaceInputSpec):
     baseline = traits.Dict(traits.Str, traits.Str, mandatory=True, desc="baseline maps (see patient_measures)")
     follow_up = traits.Dict(traits.Str, traits.Str, desc="follow-up maps; undefined for a single session")
     follow_up_xfm = File(exists=True, desc="baseline T1w → follow-up T1w rigid transform")
+    map_files = InputMultiObject(File(exists=True), mandatory=True,
+                                 desc="every file named in baseline and follow_up (so a rerun notices when one changes)")
     references = InputMultiObject(File(exists=True), mandatory=True,
                                   desc="control-reference TSVs, one per DVR source (named in their 'source' column)")
 
@@ -191,8 +195,8 @@ class GroupReport(SimpleInterface):
     def _run_interface(self, runtime):
         from msynth.reports.group import PatientOverlay, write_group_report
 
-        overlays = [PatientOverlay(**{key: (Path(value) if key.endswith(("t1w", "_mask")) else value) or None
-                                      for key, value in fields.items()}) for fields in self.inputs.overlays]
+        overlays = [PatientOverlay(**{key: (Path(value) if key.endswith(("t1w", "_mask")) else value) if value
+                                      else None for key, value in fields.items()}) for fields in self.inputs.overlays]
         reasons = json.loads((Path(self.inputs.group_dir) / "myelin_indices.json").read_text()).get("NotAvailable", {})
         messages = [*self.inputs.messages, *(f"{key}: n/a ({why})" for key, why in reasons.items())]
         self._results["out_file"] = str(write_group_report(

@@ -89,11 +89,12 @@ def init_group_wf(
     for source in inputs.sources:
         controls = [{"participant_id": p.participant_id, "session": s.session or "", "dvr": str(s.dvr[source]),
                      "wm": str(s.wm), "csf_distance": str(s.csf_distance)}
-                    for p in inputs.group("HC") for s in p.sessions if source in s.dvr]
+                    for p in inputs.group("HC") for s in p.sessions[:1] if source in s.dvr]
         if not controls:
             continue
         references[source] = pe.Node(
             ControlReference(controls=controls, source=source, ring_width_mm=ring_width_mm,
+                             map_files=[c[key] for c in controls for key in ("dvr", "wm", "csf_distance")],
                              max_distance_mm=max_distance_mm, wm_probability=wm_probability),
             name=_node_name("control_reference", source), mem_gb=1,
         )
@@ -105,7 +106,8 @@ def init_group_wf(
         GroupTables(cohort=_cohort_rows(inputs), parameters=parameters), name="group_tables",
     )
     group_report = pe.Node(GroupReport(methods=workflow.__desc__, overlays=_overlays(patients, output_dir),
-                                       messages=_messages(patients)), name="group_report", mem_gb=1)
+                                       messages=[*inputs.notes, *_messages(patients)]),
+                           name="group_report", mem_gb=1)
     merge_outputs = pe.Node(niu.Merge(2), name="merge_outputs", run_without_submitting=True)
     ds_group = pe.Node(GroupDataSink(base_directory=str(output_dir)), name="ds_group", run_without_submitting=True)
     for i, (source, node) in enumerate(references.items(), start=1):
@@ -140,11 +142,13 @@ def _add_patient(workflow: pe.Workflow, patient: ParticipantMaps, *, references:
     return the measures node and the masks' sinks."""
     baseline, *later = patient.sessions
     follow_up = later[0] if later else None
-    measures = pe.Node(PatientMeasures(participant_id=patient.participant_id, baseline=_session_maps(baseline)),
+    maps = [_session_maps(session) for session in (baseline, follow_up) if session is not None]
+    measures = pe.Node(PatientMeasures(participant_id=patient.participant_id, baseline=maps[0],
+                                       map_files=sorted({v for m in maps for k, v in m.items() if "/" in v})),
                        name=_node_name("measures", patient.label), mem_gb=1)
     workflow.connect([(merge_references, measures, [("out", "references")])])
     if follow_up is not None:
-        measures.inputs.follow_up = _session_maps(follow_up)
+        measures.inputs.follow_up = maps[1]
         register = pe.Node(
             RegisterToReference(moving=str(follow_up.t1w), fixed=str(baseline.t1w),
                                 fixed_mask=str(baseline.brain_mask), key="T1w", initialization="centre-of-mass",
@@ -224,9 +228,11 @@ def _messages(patients: list[ParticipantMaps]) -> list[str]:
 
 
 def _relative(path: Path) -> str:
-    """A BIDS URI of a file of this derivatives dataset (``bids::sub-…/ses-…/pet/…``), for sidecars."""
-    parts = Path(path).parts
-    return "bids::" + "/".join(parts[next(i for i, p in enumerate(parts) if p.startswith("sub-")):])
+    """A BIDS URI of a participant-level output (``bids::sub-…/ses-…/pet/…``), for sidecars."""
+    folder = Path(path).parent
+    while folder.name and not folder.name.startswith("sub-"):
+        folder = folder.parent
+    return "bids::" + Path(path).relative_to(folder.parent).as_posix()
 
 
 def _cohort_rows(inputs: GroupInputs) -> list[dict]:

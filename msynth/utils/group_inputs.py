@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,8 @@ class GroupInputs:
     participants: list[ParticipantMaps]
     sources: list[str]
     problems: list[str]
+    #: What is left out but does not stop the group level (a DVR source no control has), one line each.
+    notes: list[str] = field(default_factory=list)
 
     def group(self, name: str) -> list[ParticipantMaps]:
         """The participants of one group (``HC`` or ``MS``)."""
@@ -112,10 +115,30 @@ def _read_tsv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a"], keep_default_na=False)
 
 
+def _natural(label: str) -> list[object]:
+    """Sort key that puts ``2`` before ``10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label)]
+
+
 def _sessions_of(bids_dir: Path, label: str) -> list[str | None]:
-    """The sessions of a participant in the raw dataset (sorted: the first is the baseline); ``[None]`` without."""
-    sessions = sorted(p.name[4:] for p in (bids_dir / f"sub-{label}").glob("ses-*") if p.is_dir())
-    return sessions or [None]
+    """A participant's sessions, baseline first; ``[None]`` for a dataset without sessions.
+
+    The order is that of ``sub-<L>_sessions.tsv`` (by ``acq_time`` when it has one), then any other session folder
+    in natural order (``2`` before ``10``).
+    """
+    on_disk = {p.name[4:] for p in (bids_dir / f"sub-{label}").glob("ses-*") if p.is_dir()}
+    if not on_disk:
+        return [None]
+    listed: list[str] = []
+    path = bids_dir / f"sub-{label}" / f"sub-{label}_sessions.tsv"
+    if path.is_file():
+        table = _read_tsv(path)
+        if "session_id" in table.columns:
+            if "acq_time" in table.columns:
+                table = table.assign(order=pd.to_datetime(table["acq_time"], errors="coerce")).sort_values(
+                    "order", kind="stable")
+            listed = [s.removeprefix("ses-") for s in table["session_id"] if s.removeprefix("ses-") in on_disk]
+    return listed + sorted(on_disk - set(listed), key=_natural)
 
 
 def _baseline_edss(bids_dir: Path, label: str, session: str | None) -> tuple[float | None, str | None]:
@@ -124,8 +147,9 @@ def _baseline_edss(bids_dir: Path, label: str, session: str | None) -> tuple[flo
     if not path.is_file():
         return None, f"sub-{label}: no EDSS ({path.name} is missing)"
     table = _read_tsv(path)
-    if "edss" not in table.columns:
-        return None, f"sub-{label}: no EDSS ({path.name} has no 'edss' column)"
+    for column in ("session_id", "edss"):
+        if column not in table.columns:
+            return None, f"sub-{label}: no EDSS ({path.name} has no '{column}' column)"
     rows = table[table["session_id"] == f"ses-{session}"] if session else table
     if rows.empty:
         return None, f"sub-{label}: no EDSS for ses-{session} in {path.name}"
@@ -181,5 +205,15 @@ def collect_group_inputs(bids_dir: Path, output_dir: Path, labels: list[str] | N
                         ("MS", "no patient (group MS in participants.tsv)")):
         if not any(p.group == group for p in participants):
             problems.append(f"{what} with participant-level outputs: the group level compares patients with controls")
+    controls = [p for p in participants if p.group == "HC"]
+    if controls and not any(p.sessions[0].dvr for p in controls):
+        problems.append("no healthy control has a DVR map (acquired PET or synthetic) at its first session: the "
+                        "control reference needs them")
+    notes = []
+    for source in list(sources):
+        if controls and not any(source in p.sessions[0].dvr for p in controls):
+            sources.remove(source)
+            notes.append(f"DVR source {source!r} is left out: no healthy control has it at its first session, so "
+                         "there is no control reference for it")
     return GroupInputs(participants=participants, sources=sorted(sources, key=lambda s: (s != ACQUIRED, s)),
-                       problems=problems)
+                       problems=problems, notes=notes)
