@@ -161,7 +161,7 @@ def test_group_level_without_participant_outputs_stops_before_any_work(tiny_bids
     assert cli.main([str(tiny_bids), str(out), "group", "-w", str(tmp_path / "work")]) == 1
     error = capsys.readouterr().err
     assert "msynth: error: the group level cannot start:" in error
-    assert "sub-01: no participant-level output in" in error and "run the participant level for it first" in error
+    assert f"{out} holds no participant-level output of the 2 participant(s) — run the participant level first" in error
     assert not out.exists()
 
 

@@ -201,6 +201,9 @@ def collect_group_inputs(bids_dir: Path, output_dir: Path, labels: list[str] | N
         participants.append(ParticipantMaps(label=row.label, group=row.group, age=float(pd.to_numeric(row.age, errors="coerce")), sex=row.sex,
                                             edss=edss, sessions=maps))
         sources += [s for m in maps for s in m.dvr if s not in sources]
+    if not participants and not table.empty:
+        return GroupInputs([], [], [f"{output_dir} holds no participant-level output of the {len(table)} "
+                                    "participant(s) — run the participant level first"])
     for group, what in (("HC", "no healthy control (group HC in participants.tsv)"),
                         ("MS", "no patient (group MS in participants.tsv)")):
         if not any(p.group == group for p in participants):
