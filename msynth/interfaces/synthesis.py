@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from nipype.interfaces.base import (
@@ -15,7 +16,9 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from msynth.analysis.evaluation import synthesis_metrics
+import pandas as pd
+
+from msynth.analysis.evaluation import dvr_metrics, synthesis_metrics
 
 LOGGER = logging.getLogger("msynth.models")
 
@@ -83,21 +86,44 @@ class _SynthesisMetricsInputSpec(BaseInterfaceInputSpec):
     acquired_lesions = File(exists=True, desc="automatic lesion mask from the acquired image")
 
 
-class _SynthesisMetricsOutputSpec(TraitedSpec):
-    out_tsv = File(exists=True, desc="one row: the metrics")
+class _MetricsOutputSpec(TraitedSpec):
+    out_tsv = File(exists=True, desc="the metrics table (BIDS TSV)")
 
 
-class SynthesisMetrics(SimpleInterface):
-    """MSE, PSNR and SSIM inside the brain; lesion contrast ratios; Dice of automatic lesion masks (paper 001)."""
+class _MetricsTable(SimpleInterface):
+    """Write the table of :attr:`metrics`, called with every input (undefined ones as None), as a BIDS TSV."""
 
-    input_spec = _SynthesisMetricsInputSpec
-    output_spec = _SynthesisMetricsOutputSpec
+    output_spec = _MetricsOutputSpec
+    #: the pure function computing the table from the inputs
+    metrics: Callable[..., pd.DataFrame]
 
     def _run_interface(self, runtime):
         out_tsv = Path(runtime.cwd) / "synthesis_metrics.tsv"
-        synthesis_metrics(
-            **{name: getattr(self.inputs, name) if isdefined(getattr(self.inputs, name)) else None
-               for name in self.inputs.copyable_trait_names()}
-        ).to_csv(out_tsv, sep="\t", index=False, na_rep="n/a")
+        inputs = {name: getattr(self.inputs, name) if isdefined(getattr(self.inputs, name)) else None
+                  for name in self.inputs.copyable_trait_names()}
+        self.metrics(**inputs).to_csv(out_tsv, sep="\t", index=False, na_rep="n/a")
         self._results["out_tsv"] = str(out_tsv)
         return runtime
+
+
+class SynthesisMetrics(_MetricsTable):
+    """MSE, PSNR and SSIM inside the brain; lesion contrast ratios; Dice of automatic lesion masks (paper 001)."""
+
+    input_spec = _SynthesisMetricsInputSpec
+    metrics = staticmethod(synthesis_metrics)
+
+
+class _DVRMetricsInputSpec(BaseInterfaceInputSpec):
+    synthetic = File(exists=True, mandatory=True, desc="synthetic DVR map (space-T1w)")
+    acquired = File(exists=True, mandatory=True, desc="acquired (Logan) DVR map (space-T1w)")
+    brain_mask = File(exists=True, mandatory=True, desc="brain mask")
+    wm = File(exists=True, mandatory=True, desc="white-matter probability map (WM of a session without lesions)")
+    lesion_mask = File(exists=True, desc="lesion mask")
+    nawm = File(exists=True, desc="normal-appearing white matter")
+
+
+class DVRMetrics(_MetricsTable):
+    """MSE, PSNR and per-region mean DVR, discrepancy and Bland-Altman agreement (thesis 003 §3.3)."""
+
+    input_spec = _DVRMetricsInputSpec
+    metrics = staticmethod(dvr_metrics)

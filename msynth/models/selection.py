@@ -5,7 +5,7 @@ Torch-free, so that the command line can check ``--model`` before any heavy impo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -20,6 +20,20 @@ def shipped_models() -> list[Path]:
     if not WEIGHTS_DIR.is_dir():
         return []
     return sorted(p for p in WEIGHTS_DIR.iterdir() if (p / CARD_NAME).is_file())
+
+
+def target_models(target: str, models: Sequence[str | PathLike[str]]) -> list[Path]:
+    """The model folders that predict ``target`` (a key of :data:`msynth.models.card.TARGETS`).
+
+    Parameters
+    ----------
+    target
+        ``'FLAIR'`` or ``'DVR'``.
+    models
+        The ``--model`` folders; none given: the shipped models. ``--model`` may name models of several targets:
+        each synthesis keeps its own, and a target none of them predicts is not synthesised.
+    """
+    return [Path(model) for model in models or shipped_models() if read_card(model).target == target]
 
 
 def choose_model(available: Iterable[str | PathLike[str]], present_keys: Iterable[str]) -> Path | None:

@@ -54,6 +54,8 @@ def init_dwi_wf(
     -------
     maps
         FA, RD, AD, MD in space-T1w.
+    FA, RD, AD, MD
+        Each map alone (the DWI channels of a synthesis model, :data:`msynth.models.card.CHANNELS`).
     xfm
         ``from-DWI_to-T1w_mode-image_xfm.mat``.
     """
@@ -64,7 +66,7 @@ def init_dwi_wf(
         "and MD were resampled onto the T1w grid."
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_preproc", "brain_mask"]), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["maps", "xfm"]), name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["maps", "xfm", *DTI_PARAMETERS]), name="outputnode")
 
     dti_fit = pe.Node(DTIFit(dwi=str(dwi), bval=str(bval), bvec=str(bvec), label=f"{label}: DWI"),
                       name="dti_fit", mem_gb=4)
@@ -92,6 +94,8 @@ def init_dwi_wf(
         for key in DTI_PARAMETERS
     ]
     merge_metadata = pe.Node(niu.Merge(2), name="merge_metadata", run_without_submitting=True)
+    split_maps = pe.Node(niu.Split(splits=[1] * len(DTI_PARAMETERS), squeeze=True), name="split_maps",
+                         run_without_submitting=True)
 
     workflow.connect([
         (inputnode, register_b0, [("t1w_preproc", "fixed"), ("brain_mask", "fixed_mask")]),
@@ -104,6 +108,8 @@ def init_dwi_wf(
         (register_b0, merge_metadata, [("metadata", "in2")]),
         (merge_metadata, ds_maps, [("out", "run_metadata")]),
         (resample_maps, outputnode, [("out_file", "maps")]),
+        (resample_maps, split_maps, [("out_file", "inlist")]),
+        (split_maps, outputnode, [(f"out{index}", key) for index, key in enumerate(DTI_PARAMETERS, start=1)]),
         (register_b0, outputnode, [("out_xfm", "xfm")]),
     ])  # fmt: skip
     return workflow

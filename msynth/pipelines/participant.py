@@ -7,14 +7,14 @@ from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
-from msynth.models.card import read_card
-from msynth.models.selection import choose_model, shipped_models
+from msynth.models.card import CHANNELS, MODALITY_KEYS, TARGETS, channels_of, read_card
+from msynth.models.selection import choose_model, target_models
 from msynth.pipelines.anat import init_anat_reference_wf
 from msynth.pipelines.coregistration import SUFFIX, init_coregistration_wf
 from msynth.pipelines.dwi import init_dwi_wf
 from msynth.pipelines.masks import init_masks_wf
 from msynth.pipelines.pet import init_pet_wf
-from msynth.pipelines.evaluation import MASK_FIELDS, init_flair_evaluation_wf
+from msynth.pipelines.evaluation import MASK_FIELDS, init_dvr_evaluation_wf, init_flair_evaluation_wf
 from msynth.pipelines.synthesis import init_synthesis_wf
 from msynth.pipelines.template import init_template_registration_wf
 from msynth.utils.bids import SessionData
@@ -53,7 +53,7 @@ def init_participant_wf(
     models
         Synthesis model folders to choose from (``--model``, else the shipped ones).
     saliency
-        Write the P3S maps of the synthesis model's inputs.
+        Write the P3S maps of each synthesis model's inputs.
     """
     workflow = pe.Workflow(name=name)
     for data in sessions:
@@ -101,28 +101,58 @@ def init_session_wf(
             omp_nthreads=omp_nthreads, name=f"coregister_{key}_wf",
         )
         _connect_reference(workflow, anat_reference_wf, coregistration_wfs[key])
-    # Every space-T1w image a synthesis model may take, as (workflow, output field).
+    dwi_wf, pet_wf = _add_dwi_and_pet_wfs(workflow, data=data, bids_dir=bids_dir, output_dir=output_dir,
+                                          omp_nthreads=omp_nthreads, anat_reference_wf=anat_reference_wf,
+                                          template_wf=template_wf)
+    # Every space-T1w image a synthesis model may take, by channel (CHANNELS), as (workflow, output field); and the
+    # acquired image each target stands for.
     preprocessed = {"T1w": (anat_reference_wf, "outputnode.t1w_preproc")}
     preprocessed.update({key: (wf, "outputnode.preproc") for key, wf in coregistration_wfs.items()})
-    synthesis_wf = _add_flair_synthesis_wf(workflow, data=data, preprocessed=preprocessed, models=models,
-                                           anat_reference_wf=anat_reference_wf, bids_dir=bids_dir,
-                                           output_dir=output_dir, omp_nthreads=omp_nthreads, device=device,
-                                           saliency=saliency)
+    if dwi_wf is not None:
+        preprocessed.update({channel: (dwi_wf, f"outputnode.{channel}") for channel in CHANNELS["DWI"]})
+    acquired = {"FLAIR": preprocessed.get("FLAIR"), "DVR": None if pet_wf is None else (pet_wf, "outputnode.dvr")}
+    synthesis = {
+        target: _add_synthesis_wf(workflow, target=target, data=data, preprocessed=preprocessed,
+                                  acquired=acquired[target], models=models, anat_reference_wf=anat_reference_wf,
+                                  bids_dir=bids_dir, output_dir=output_dir, omp_nthreads=omp_nthreads, device=device,
+                                  saliency=saliency)
+        for target in TARGETS
+    }
     flair = preprocessed.get("FLAIR")
-    if flair is None and synthesis_wf is not None:
-        flair = (synthesis_wf, "outputnode.synthetic")
-    masks_wf = _add_masks_wf(workflow, data=data, bids_dir=bids_dir, output_dir=output_dir,
-                             omp_nthreads=omp_nthreads, anat_reference_wf=anat_reference_wf, template_wf=template_wf,
-                             coregistration_wfs=coregistration_wfs, flair=flair)
-    if synthesis_wf is not None and "FLAIR" in preprocessed:  # evaluate the synthetic FLAIR against the acquired one
-        evaluation_wf = init_flair_evaluation_wf(t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir)
+    if flair is None and synthesis["FLAIR"] is not None:
+        flair = (synthesis["FLAIR"], "outputnode.synthetic")
+    masks_wf, lesion_source = _add_masks_wf(workflow, data=data, bids_dir=bids_dir, output_dir=output_dir,
+                                            omp_nthreads=omp_nthreads, anat_reference_wf=anat_reference_wf,
+                                            template_wf=template_wf, coregistration_wfs=coregistration_wfs,
+                                            flair=flair)
+    for target, synthesis_wf in synthesis.items():  # each synthetic image against the acquired one
+        if synthesis_wf is None or acquired[target] is None:
+            continue
+        evaluation_wf, mask_fields = _init_evaluation_wf(target, t1w=data.files["T1w"], bids_dir=bids_dir,
+                                                         output_dir=output_dir, lesions=lesion_source != "none")
         workflow.connect([
-            (coregistration_wfs["FLAIR"], synthesis_wf, [("outputnode.preproc", "inputnode.acquired")]),
             (synthesis_wf, evaluation_wf, [("outputnode.synthetic", "inputnode.synthetic")]),
-            (coregistration_wfs["FLAIR"], evaluation_wf, [("outputnode.preproc", "inputnode.acquired")]),
+            (acquired[target][0], evaluation_wf, [(acquired[target][1], "inputnode.acquired")]),
             (anat_reference_wf, evaluation_wf, [("outputnode.brain_mask", "inputnode.brain_mask")]),
-            (masks_wf, evaluation_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in MASK_FIELDS]),
+            (masks_wf, evaluation_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in mask_fields]),
         ])  # fmt: skip
+    if data.missing:
+        LOGGER.info("%s: no %s image; the stages that need them are skipped", data.label, ", ".join(data.missing))
+    return workflow
+
+
+def _add_dwi_and_pet_wfs(
+    workflow: pe.Workflow,
+    *,
+    data: SessionData,
+    bids_dir: Path,
+    output_dir: Path,
+    omp_nthreads: int,
+    anat_reference_wf: pe.Workflow,
+    template_wf: pe.Workflow,
+) -> tuple[pe.Workflow | None, pe.Workflow | None]:
+    """Add the DWI (tensor maps) and PET (Logan DVR) workflows of the session; None for a modality it lacks."""
+    dwi_wf = pet_wf = None
     if "DWI" in data.files:
         bval, bvec = data.gradients
         dwi_wf = init_dwi_wf(
@@ -142,16 +172,16 @@ def init_session_wf(
                 ("outputnode.cerebellar_gm", "inputnode.cerebellar_gm"),
             ]),
         ])  # fmt: skip
-    if data.missing:
-        LOGGER.info("%s: no %s image; the stages that need them are skipped", data.label, ", ".join(data.missing))
-    return workflow
+    return dwi_wf, pet_wf
 
 
-def _add_flair_synthesis_wf(
+def _add_synthesis_wf(
     workflow: pe.Workflow,
     *,
+    target: str,
     data: SessionData,
     preprocessed: dict[str, tuple[pe.Workflow, str]],
+    acquired: tuple[pe.Workflow, str] | None,
     models: list[Path],
     anat_reference_wf: pe.Workflow,
     bids_dir: Path,
@@ -160,30 +190,48 @@ def _add_flair_synthesis_wf(
     device: str,
     saliency: bool,
 ) -> pe.Workflow | None:
-    """Add FLAIR synthesis with the model chosen for this session, fed its space-T1w inputs; None (the reason
-    logged) when no model can run."""
-    candidates = [model for model in models or shipped_models() if read_card(model).target == "FLAIR"]
+    """Add the synthesis of ``target`` (a key of :data:`~msynth.models.card.TARGETS`) with the model chosen for
+    this session, fed its space-T1w inputs (``preprocessed``, by channel) and, for the saliency maps, the acquired
+    target when the session has one; None (the reason logged) when no model can run."""
+    candidates = target_models(target, models)
     if not candidates:
-        LOGGER.info("%s: FLAIR synthesis skipped: no FLAIR model %s", data.label,
-                    "among --model" if models else "is shipped; train one with msynth-train flair")
+        LOGGER.info("%s: %s synthesis skipped: no %s model %s", data.label, target, target,
+                    "among --model" if models else f"is shipped; train one with msynth-train {target.lower()}")
         return None
-    model_dir = choose_model(candidates, preprocessed)
+    present = [key for key in MODALITY_KEYS if all(channel in preprocessed for channel in CHANNELS[key])]
+    model_dir = choose_model(candidates, present)
     if model_dir is None:
         needs = "; ".join(f"{path.name}: {'+'.join(read_card(path).inputs)}" for path in candidates)
-        LOGGER.info("%s: FLAIR synthesis skipped: no model's inputs are all present (session has %s; models need %s)",
-                    data.label, ", ".join(sorted(preprocessed)), needs)
+        LOGGER.info("%s: %s synthesis skipped: no model's inputs are all present (session has %s; models need %s)",
+                    data.label, target, ", ".join(present), needs)
         return None
     card = read_card(model_dir)
-    LOGGER.info("%s: FLAIR synthesis with %s (inputs %s)", data.label, card.name, "+".join(card.inputs))
-    synthesis_wf = init_synthesis_wf(model_dir=model_dir, card=card, t1w=data.files["T1w"], bids_dir=bids_dir,
+    LOGGER.info("%s: %s synthesis with %s (inputs %s): of the %d %s %s model(s), the one with the most inputs all "
+                "present", data.label, target, card.name, "+".join(card.inputs), len(candidates),
+                "--model" if models else "shipped", target)
+    synthesis_wf = init_synthesis_wf(model_dir=model_dir, card=card, t1w=data.files["T1w"],
+                                     sources=[data.files[key] for key in card.inputs], bids_dir=bids_dir,
                                      output_dir=output_dir, device=device, omp_nthreads=omp_nthreads,
-                                     saliency=saliency, target_acquired="FLAIR" in data.files,
-                                     name="flair_synthesis_wf")
+                                     saliency=saliency, target_acquired=acquired is not None,
+                                     name=f"{target.lower()}_synthesis_wf")
     workflow.connect([
         (anat_reference_wf, synthesis_wf, [("outputnode.brain_mask", "inputnode.brain_mask")]),
-        *[(preprocessed[key][0], synthesis_wf, [(preprocessed[key][1], f"inputnode.{key}")]) for key in card.inputs],
+        *[(preprocessed[channel][0], synthesis_wf, [(preprocessed[channel][1], f"inputnode.{channel}")])
+          for channel in channels_of(card.inputs)],
     ])  # fmt: skip
+    if acquired is not None:
+        workflow.connect([(acquired[0], synthesis_wf, [(acquired[1], "inputnode.acquired")])])
     return synthesis_wf
+
+
+def _init_evaluation_wf(target: str, *, t1w: Path, bids_dir: Path, output_dir: Path,
+                        lesions: bool) -> tuple[pe.Workflow, tuple[str, ...]]:
+    """The evaluation workflow of a target's synthetic image, and the masks workflow's outputs it reads (the
+    lesion and NAWM masks only when the session has them: ``lesions``)."""
+    if target == "FLAIR":
+        return init_flair_evaluation_wf(t1w=t1w, bids_dir=bids_dir, output_dir=output_dir), MASK_FIELDS
+    evaluation_wf = init_dvr_evaluation_wf(t1w=t1w, bids_dir=bids_dir, output_dir=output_dir, lesions=lesions)
+    return evaluation_wf, ("wm", "lesion_mask", "nawm") if lesions else ("wm",)
 
 
 def _add_masks_wf(
@@ -197,9 +245,9 @@ def _add_masks_wf(
     template_wf: pe.Workflow,
     coregistration_wfs: dict[str, pe.Workflow],
     flair: tuple[pe.Workflow, str] | None,
-) -> pe.Workflow:
+) -> tuple[pe.Workflow, str]:
     """Add the tissue/lesion masks workflow, its lesion mask given, detected on a FLAIR (acquired or synthetic),
-    or absent."""
+    or absent; returns it and where its lesion mask comes from (``'given'``, ``'automatic'`` or ``'none'``)."""
     given = data.lesion_mask
     if given is not None:
         lesion_source = "given"
@@ -222,7 +270,7 @@ def _add_masks_wf(
         workflow.connect([
             (coregistration_wfs[given.drawn_on], masks_wf, [("outputnode.xfm", "inputnode.lesion_xfm")]),
         ])  # fmt: skip
-    return masks_wf
+    return masks_wf, lesion_source
 
 
 def _connect_reference(workflow: pe.Workflow, anat_reference_wf: pe.Workflow, consumer_wf: pe.Workflow, *,

@@ -12,7 +12,7 @@ from nipype.pipeline import engine as pe
 from msynth.interfaces.bids import DerivativesDataSink
 from msynth.interfaces.registration import ResampleToTarget
 from msynth.interfaces.synthesis import SynthesizeImage
-from msynth.models.card import TARGETS, ModelCard, channels_of
+from msynth.models.card import TARGETS, ModelCard, Target, channels_of
 from msynth.utils.derivatives import bids_uri
 
 #: Relative difference between the model's and the T1w's voxel size below which the model runs on the T1w grid.
@@ -24,6 +24,7 @@ def init_synthesis_wf(
     model_dir: Path,
     card: ModelCard,
     t1w: Path,
+    sources: list[Path],
     bids_dir: Path,
     output_dir: Path,
     device: str,
@@ -44,6 +45,8 @@ def init_synthesis_wf(
         The chosen model folder and its card.
     t1w
         The session's raw T1w (space-T1w grid, names the outputs).
+    sources
+        The raw images the inputs come from (the sidecar's ``Sources``).
     bids_dir, output_dir
         Input dataset root and derivatives (staging) root.
     device
@@ -93,7 +96,8 @@ def init_synthesis_wf(
     reference = {"SpatialReference": bids_uri(bids_dir, t1w)}
     ds_synthetic = pe.Node(
         DerivativesDataSink(**sink, suffix=target.suffix, entities=target.entities,
-                            metadata={**reference, "SkullStripped": True, "Description": target.description}),
+                            metadata={**reference, "Sources": [bids_uri(bids_dir, path) for path in sources],
+                                      "SkullStripped": True, "Description": target.description}),
         name="ds_synthetic", run_without_submitting=True,
     )
     # The synthetic image in space-T1w: the network's output, or its output brought back from the model's grid.
@@ -134,7 +138,7 @@ def init_synthesis_wf(
                                           "§2.2): |d(prediction error)/d(input)|, normalised inputs."}),
             iterfield=["in_file", "entities"], name="ds_saliency", run_without_submitting=True,
         )
-        ds_saliency.inputs.entities = [{"space": "T1w", "desc": f"P3S{channel}"} for channel in channels]
+        ds_saliency.inputs.entities = [{**companion_entities(target), "desc": f"P3S{channel}"} for channel in channels]
         if on_t1w_grid:
             workflow.connect([(synthesize, ds_saliency, [("saliency_files", "in_file")])])
         else:
@@ -147,6 +151,16 @@ def init_synthesis_wf(
         if target_acquired and on_t1w_grid:  # the paper's map compares the prediction with the acquired image
             workflow.connect([(inputnode, synthesize, [("acquired", "target")])])
     return workflow
+
+
+def companion_entities(target: Target) -> dict[str, str]:
+    """The entities a target's companion files (metrics, saliency maps) share with it: its tracer and space, not
+    its ``desc`` or ``meas``.
+
+    >>> companion_entities(TARGETS["DVR"])
+    {'trc': 'PIB', 'space': 'T1w'}
+    """
+    return {key: value for key, value in target.entities.items() if key not in ("desc", "meas")}
 
 
 def _on_t1w_grid(card: ModelCard, t1w: Path) -> bool:

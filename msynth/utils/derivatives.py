@@ -36,6 +36,8 @@ BIDSIGNORE = """\
 *_label-lesion_stats.json
 *_desc-synthFLAIR_metrics.tsv
 *_desc-synthFLAIR_metrics.json
+*_desc-synthDVR_metrics.tsv
+*_desc-synthDVR_metrics.json
 *_saliency.nii.gz
 *_saliency.json
 *_desc-demyelinated_mask.nii.gz
