@@ -57,7 +57,7 @@ CHANNELS: dict[str, tuple[str, ...]] = {
 #: and its normalised form, eq. 4.4 (:mod:`msynth.models.training.steps`).
 LOSS_NAMES: tuple[str, ...] = ("mse", "l1", "wl1", "nwl1")
 #: Training-data augmentations a card may record.
-AUGMENTATIONS: tuple[str, ...] = ("random_flips",)
+AUGMENTATIONS: tuple[str, ...] = ("random_flips", "random_rotations", "random_scaling")
 CARD_NAME = "model_card.json"
 WEIGHTS_NAME = "model.pt"
 SCHEMA_VERSION = 2
@@ -65,7 +65,7 @@ SCHEMA_VERSION = 2
 IntensityNormalisation = Literal["cohort", "image"]
 OptimizerName = Literal["sgd", "adam"]
 LossName = Literal["mse", "l1", "wl1", "nwl1"]
-Augmentation = Literal["random_flips"]
+Augmentation = Literal["random_flips", "random_rotations", "random_scaling"]
 TargetName = Literal["FLAIR", "DVR"]
 
 
@@ -300,9 +300,17 @@ class FoldMetrics(Record):
     n_train, n_test
         Subjects used to fit (training plus validation) and held out.
     mse, psnr, ssim
-        Means over the held-out sessions.
+        Means over the held-out sessions (for a DVR model, PSNR is thesis 003 eq. 3.9: the peak is the acquired
+        map's maximum in the brain).
     epochs
-        Epoch whose weights were kept (lowest validation error).
+        Epoch whose weights were kept (lowest validation error); of the first stage for a multi-stage model.
+    stage_epochs
+        The kept epoch of every stage, in order, for a multi-stage model; empty for one stage.
+    roi_discrepancy, roi_mae
+        For models trained with region labels, per region (``'lesion'``, ``'NAWM'``, ``'other'``: brain voxels
+        that are neither): the absolute difference of the mean predicted and acquired values (the "myelin content
+        prediction discrepancy" of thesis 003 Table 3.2), and the mean absolute voxel error; means over the
+        held-out sessions that have the region (NaN when none has). Empty otherwise.
     """
 
     fold: int
@@ -312,10 +320,15 @@ class FoldMetrics(Record):
     psnr: float
     ssim: float
     epochs: int
+    stage_epochs: tuple[int, ...] = ()
+    roi_discrepancy: dict[str, float] = field(default_factory=dict)
+    roi_mae: dict[str, float] = field(default_factory=dict)
 
     def _check(self) -> None:
         for name in ("fold", "n_train", "n_test", "epochs"):
             _at_least(getattr(self, name), name, 0)
+        for index, epochs in enumerate(self.stage_epochs):
+            _at_least(epochs, f"stage_epochs[{index}]", 0)
 
 
 @dataclass(frozen=True)
@@ -337,9 +350,13 @@ class TrainingRecord(Record):
     seed
         Seed of every random draw (initialisation, patches, folds).
     epochs
-        Epochs the final model was trained for.
+        Epochs the final model was trained for (its first stage, for a multi-stage model).
     patch_size
         Edge length of the cubic training patches (voxels).
+    patch_sampling
+        ``'random'`` (brain-centred patches) or ``'grid'`` (every patch of a grid with 50 % overlap).
+    stage_epochs
+        Epochs each stage of a multi-stage final model was trained for, in order; empty for one stage.
     early_stopping
         Strip length ``q`` and number of strips ``p`` of the stopping rule.
     batch_size
@@ -362,6 +379,8 @@ class TrainingRecord(Record):
     patch_size: int
     early_stopping: dict[str, int]
     batch_size: int = 1
+    patch_sampling: Literal["random", "grid"] = "random"
+    stage_epochs: tuple[int, ...] = ()
     augmentation: tuple[Augmentation, ...] = ()
     cv: tuple[FoldMetrics, ...] = ()
 

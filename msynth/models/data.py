@@ -11,17 +11,23 @@ Intensities are z-scored per channel and set to 0 outside the brain, in one of t
 all voxels; inside the brain the statistics do not depend on how much background the field of view holds);
 ``'image'`` uses each image's own brain statistics, which removes the scanner gain that differs from session to
 session in uncalibrated MRI (up to a factor 2 between sessions of the 4 mm phantom).
+
+For the ROI-weighted losses of thesis 003 (eqs. 3.5, 4.4) a session also carries region labels (:func:`roi_labels`:
+lesion, NAWM, other) from the participant level's lesion and NAWM masks. The DVR models train on each subject's
+baseline session only (``sessions='baseline'``), as the thesis trains on t0 and applies the fixed model to t1.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -29,8 +35,9 @@ import numpy as np
 from msynth.models.card import MODALITY_KEYS, Normalisation, channels_of
 
 __all__ = [
-    "CHANNEL_FILES", "Example", "Volume", "array_statistics", "compute_normalisation", "find_examples",
-    "load_volume", "normalise", "normalise_array", "session_statistics", "subjects_of",
+    "CHANNEL_FILES", "ROI_MASK_FILES", "Example", "Volume", "array_statistics", "compute_normalisation",
+    "find_examples", "load_volume", "normalise", "normalise_array", "roi_labels", "session_statistics",
+    "subject_groups", "subjects_of",
 ]
 
 LOGGER = logging.getLogger("msynth.models")
@@ -50,6 +57,11 @@ CHANNEL_FILES: dict[str, tuple[str, str]] = {
     "DVR": ("pet", "trc-PIB_space-T1w_model-Logan_meas-DVR_mimap.nii.gz"),
 }
 MASK_FILE = ("anat", "space-T1w_desc-brain_mask.nii.gz")
+#: The masks the region labels of a session come from (:func:`roi_labels`), as the participant level names them.
+ROI_MASK_FILES: dict[str, tuple[str, str]] = {
+    "lesion": ("anat", "space-T1w_label-lesion_mask.nii.gz"),
+    "NAWM": ("anat", "space-T1w_label-NAWM_mask.nii.gz"),
+}
 
 
 @dataclass(frozen=True)
@@ -64,12 +76,16 @@ class Example:
         Channel name → file, for every input and output channel.
     mask
         The space-T1w brain mask.
+    roi_masks
+        ``'lesion'`` and ``'NAWM'`` → their space-T1w masks, for region labels (:data:`ROI_MASK_FILES`); empty:
+        the session carries no labels.
     """
 
     subject: str
     session: str | None
     images: dict[str, Path]
     mask: Path
+    roi_masks: dict[str, Path] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -96,6 +112,10 @@ class Volume:
     roi
         ``(X, Y, Z)`` integer region labels for the ROI-weighted losses of thesis 003 (the codes of
         :mod:`msynth.models.losses`: other, NAWM, lesion), or ``None``.
+    sketch
+        ``(C_out, X, Y, Z)`` float32 prediction of the model's previous stage, z-scored in the target's units and 0
+        outside the brain, or ``None``. A Refiner trains on it: its input is the session's input channels followed
+        by the sketch (thesis 003 §3.2.1; :class:`msynth.models.inference.StageChain` at inference).
     """
 
     subject: str
@@ -105,6 +125,7 @@ class Volume:
     mask: np.ndarray
     affine: np.ndarray
     roi: np.ndarray | None = None
+    sketch: np.ndarray | None = None
 
     @property
     def label(self) -> str:
@@ -143,6 +164,8 @@ def find_examples(
     output: str,
     *,
     subjects: Iterable[str] | None = None,
+    roi: bool = False,
+    sessions: Literal["all", "baseline"] = "all",
 ) -> list[Example]:
     """Sessions of a msynth output folder that have every input, the output and a brain mask.
 
@@ -156,6 +179,12 @@ def find_examples(
         Output modality key (``'FLAIR'``).
     subjects
         Restrict to these subject labels (with or without ``sub-``).
+    roi
+        Also require the lesion and NAWM masks (:data:`ROI_MASK_FILES`), for region labels.
+    sessions
+        ``'all'``, or ``'baseline'``: only each subject's first session (in label order), as thesis 003 trains on
+        the baseline (t0) sessions; a subject whose first session lacks a file is skipped, not replaced by a later
+        session.
 
     Returns
     -------
@@ -167,8 +196,10 @@ def find_examples(
     FileNotFoundError
         If ``derivatives_dir`` is not a folder, or holds no ``sub-*`` folder.
     ValueError
-        For an unknown modality key.
+        For an unknown modality key, or ``sessions`` of another value.
     """
+    if sessions not in ("all", "baseline"):
+        raise ValueError(f"sessions must be 'all' or 'baseline', got {sessions!r}")
     derivatives_dir = Path(derivatives_dir)
     _check_keys(inputs, "input")
     _check_keys([output], "output")
@@ -179,6 +210,8 @@ def find_examples(
     if not folders:
         raise FileNotFoundError(f"{derivatives_dir}: no sub-* folders — run `msynth BIDS_DIR {derivatives_dir} "
                                 "participant` first")
+    if sessions == "baseline":
+        folders = [item for k, item in enumerate(folders) if k == 0 or folders[k - 1][0] != item[0]]
     examples = []
     for subject, session, folder in folders:
         if wanted is not None and subject not in wanted:
@@ -190,11 +223,13 @@ def find_examples(
             datatype, name = CHANNEL_FILES[channel]
             images[channel] = folder / datatype / f"{prefix}_{name}"
         mask = folder / MASK_FILE[0] / f"{prefix}_{MASK_FILE[1]}"
-        missing = [p.name for p in (*images.values(), mask) if not p.is_file()]
+        roi_masks = {name: folder / datatype / f"{prefix}_{suffix}"
+                     for name, (datatype, suffix) in ROI_MASK_FILES.items()} if roi else {}
+        missing = [p.name for p in (*images.values(), mask, *roi_masks.values()) if not p.is_file()]
         if missing:
             LOGGER.info("%s: skipped for training — missing %s", label, ", ".join(missing))
             continue
-        examples.append(Example(subject, session, images, mask))
+        examples.append(Example(subject, session, images, mask, roi_masks))
     LOGGER.info("%d session(s) of %d subject(s) in %s have %s → %s", len(examples),
                 len(subjects_of(examples)), derivatives_dir, "+".join(inputs), output)
     return examples
@@ -205,32 +240,66 @@ def subjects_of(items: Iterable[Example | Volume]) -> list[str]:
     return sorted({item.subject for item in items})
 
 
-def _grid_images(example: Example, voxel_size: float | None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Arrays of every channel and the mask on the mask's grid, resampled to ``voxel_size`` when given."""
+def subject_groups(derivatives_dir: str | PathLike[str], subjects: Iterable[str]) -> dict[str, str]:
+    """Each subject's group (``'HC'``, ``'MS'``, …), for spreading controls over cross-validation folds.
+
+    The ``group`` column of ``participants.tsv`` in ``derivatives_dir`` when it lists the subject (the
+    participant level's outputs may carry a copy of the dataset's table); otherwise the label's prefix, ``HC`` or
+    ``MS`` (the phantom's and many cohorts' convention: ``sub-HC01``); otherwise ``'n/a'``.
+
+    >>> subject_groups('/nonexistent', ['HC01', 'MS07', '01'])
+    {'HC01': 'HC', 'MS07': 'MS', '01': 'n/a'}
+    """
+    table = Path(derivatives_dir) / "participants.tsv"
+    listed: dict[str, str] = {}
+    if table.is_file():
+        with table.open(newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                if row.get("group") not in (None, "", "n/a"):
+                    listed[row["participant_id"].removeprefix("sub-")] = row["group"]
+    return {subject: listed.get(subject, next((g for g in ("HC", "MS") if subject.startswith(g)), "n/a"))
+            for subject in subjects}
+
+
+def roi_labels(lesion: np.ndarray, nawm: np.ndarray) -> np.ndarray:
+    """Region labels of the ROI-weighted losses (codes of :mod:`msynth.models.losses`) from two masks.
+
+    Lesion where ``lesion`` is set, NAWM where ``nawm`` is set outside the lesions, other elsewhere (grey matter,
+    CSF, background): thesis 003 eq. 3.5's three regions.
+
+    >>> roi_labels(np.array([1, 0, 0, 1]), np.array([1, 1, 0, 0])).tolist()
+    [2, 1, 0, 2]
+    """
+    from msynth.models.losses import LESION, NAWM, OTHER  # torch: only where volumes are loaded for training
+
+    lesion, nawm = np.asarray(lesion) > 0, np.asarray(nawm) > 0
+    return np.where(lesion, LESION, np.where(nawm, NAWM, OTHER)).astype(np.int8)
+
+
+def _grid_images(example: Example, voxel_size: float | None) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                                       np.ndarray, dict[str, np.ndarray]]:
+    """Arrays of every channel, the brain mask and the ROI masks on the mask's grid, resampled to ``voxel_size``
+    when given: ``(channels, mask, affine, roi_masks)``."""
     from msynth.preprocessing.resample import Grid, resample_to_grid, target_grid
 
     mask_img = nib.load(example.mask)
-    grid = target_grid(mask_img, voxel_size) if voxel_size is not None else Grid.of(mask_img)
     reference = Grid.of(mask_img)
-    same = voxel_size is None
-    arrays = {}
-    for channel, path in example.images.items():
+    grid = target_grid(mask_img, voxel_size) if voxel_size is not None else reference
+
+    def read(path: Path, interpolation: str, dtype: type | None = None) -> np.ndarray:
         img = nib.load(path)
         if len(img.shape) != 3:
             raise ValueError(f"{path}: expected a 3-D image, got shape {img.shape}")
         if Grid.of(img).shape != reference.shape or not np.allclose(img.affine, reference.affine, atol=1e-3):
             raise ValueError(f"{path}: not on the grid of {example.mask.name} (space-T1w) — shape {img.shape} vs "
                              f"{reference.shape}; rerun the participant level")
-        if same:
-            arrays[channel] = np.asarray(img.dataobj, dtype=np.float32)
-        else:
-            arrays[channel] = np.asarray(resample_to_grid(img, grid, interpolation="linear").dataobj,
-                                         dtype=np.float32)
-    if same:
-        mask = np.asarray(mask_img.dataobj) > 0
-    else:
-        mask = np.asarray(resample_to_grid(mask_img, grid, interpolation="mask").dataobj) > 0
-    return arrays, mask, grid.affine
+        if voxel_size is not None:
+            img = resample_to_grid(img, grid, interpolation=interpolation)
+        return np.asarray(img.dataobj, dtype=dtype)
+
+    arrays = {channel: read(path, "linear", np.float32) for channel, path in example.images.items()}
+    roi_masks = {name: read(path, "mask") > 0 for name, path in example.roi_masks.items()}
+    return arrays, read(example.mask, "mask") > 0, grid.affine, roi_masks
 
 
 def load_volume(
@@ -255,31 +324,35 @@ def load_volume(
     Returns
     -------
     Volume
-        Channels in the order of ``example.images``; non-finite values are set to 0.
+        Channels in the order of ``example.images``; non-finite values are set to 0. ``roi`` holds the region
+        labels (:func:`roi_labels`) when the example has ROI masks.
     """
     channels = tuple(example.images)
     if cache_dir is not None:
+        sources = (*example.images.values(), example.mask, *example.roi_masks.values())
         key = hashlib.sha256(repr((
-            [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in (*example.images.values(), example.mask)],
-            voxel_size,
+            [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sources], voxel_size,
         )).encode()).hexdigest()[:16]
         stem = Path(cache_dir) / (f"sub-{example.subject}" + (f"_ses-{example.session}" if example.session else "")
                                   + f"_{key}")
-        files = [stem.with_name(stem.name + suffix) for suffix in ("_data.npy", "_mask.npy", "_affine.npy")]
+        suffixes = ("_data.npy", "_mask.npy", "_affine.npy") + (("_roi.npy",) if example.roi_masks else ())
+        files = [stem.with_name(stem.name + suffix) for suffix in suffixes]
         if not all(f.is_file() for f in files):
             stem.parent.mkdir(parents=True, exist_ok=True)
             volume = load_volume(example, voxel_size=voxel_size)
-            for f, array in zip(files, (volume.data, volume.mask, volume.affine)):
+            for f, array in zip(files, (volume.data, volume.mask, volume.affine, volume.roi)):
                 tmp = f.with_name(f"{f.name}.{os.getpid()}.part.npy")  # parallel folds may write at once
                 np.save(tmp, array)
                 tmp.replace(f)
-        data, mask, affine = (np.load(f, mmap_mode="r") for f in files)
-        return Volume(example.subject, example.session, channels, data, np.asarray(mask), np.asarray(affine))
-    arrays, mask, affine = _grid_images(example, voxel_size)
+        data, mask, affine, *roi = (np.load(f, mmap_mode="r") for f in files)
+        return Volume(example.subject, example.session, channels, data, np.asarray(mask), np.asarray(affine),
+                      np.asarray(roi[0]) if roi else None)
+    arrays, mask, affine, roi_masks = _grid_images(example, voxel_size)
     data = np.stack([np.nan_to_num(arrays[c], nan=0.0, posinf=0.0, neginf=0.0) for c in channels])
     if not mask.any():
         raise ValueError(f"{example.mask}: the brain mask is empty")
-    return Volume(example.subject, example.session, channels, data.astype(np.float32), mask, affine)
+    roi = roi_labels(roi_masks["lesion"], roi_masks["NAWM"]) if roi_masks else None
+    return Volume(example.subject, example.session, channels, data.astype(np.float32), mask, affine, roi)
 
 
 def compute_normalisation(volumes: Sequence[Volume], channels: Sequence[str]) -> dict[str, Normalisation]:

@@ -52,11 +52,23 @@ class TrainingConfig(Record):
     intensity_normalisation
         ``'image'`` (default: each image z-scored by its own brain statistics) or ``'cohort'`` (statistics of the
         training set, as paper 001); see :func:`msynth.models.data.normalise`.
+    target_normalisation
+        How the target is z-scored, when not as the inputs (``None``). ``'cohort'`` keeps a quantitative target in
+        its units up to the training set's fixed affine map (the DVR of thesis 003), which inference inverts with
+        the card's statistics; ``'image'`` z-scores each target by its own brain statistics (an uncalibrated FLAIR).
     window
         Sliding-window edge for validation predictions.
+    patch_sampling
+        ``'random'``: ``patches_per_session`` patches centred on random brain voxels per session and epoch;
+        ``'grid'``: every patch of a regular grid with 50 % overlap that holds brain voxels, each epoch in a new
+        order (thesis 003 §4.3.1: "50 % overlapped 64 × 64 × 64 patches").
     random_flips
         Mirror each training patch (inputs and target together) along each axis with probability 1/2: an
         augmentation that paper 001 does not use, for small cohorts.
+    random_rotations, random_scaling
+        Thesis 003 §4.3.1's augmentation: each training patch is, with equal probability, left as it is, rotated
+        by 90, 180 or 270° in the axial plane (``random_rotations``), or scaled by 0.75 or 1.25
+        (``random_scaling``); see :func:`msynth.models.training.patches.random_transform`.
     """
 
     architecture: str = "fcn"
@@ -74,8 +86,12 @@ class TrainingConfig(Record):
     strips: int = 3
     seed: int = 42
     intensity_normalisation: Literal["cohort", "image"] = "image"
+    target_normalisation: Literal["cohort", "image"] | None = None
     window: int = 96
+    patch_sampling: Literal["random", "grid"] = "random"
     random_flips: bool = False
+    random_rotations: bool = False
+    random_scaling: bool = False
 
     def _check(self) -> None:
         self.optimizer_spec.name  # building the spec checks lr, momentum and betas, naming the field
@@ -84,6 +100,16 @@ class TrainingConfig(Record):
                 raise FieldError(name, f"must be a positive integer, got {getattr(self, name)!r}")
         if self.seed < 0:
             raise FieldError("seed", f"must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def target_scope(self) -> Literal["cohort", "image"]:
+        """How the target is z-scored: ``target_normalisation``, or as the inputs."""
+        return self.target_normalisation or self.intensity_normalisation
+
+    @property
+    def augmentation(self) -> tuple[str, ...]:
+        """The augmentations switched on, as a card records them (:data:`~msynth.models.card.AUGMENTATIONS`)."""
+        return tuple(name for name in ("random_flips", "random_rotations", "random_scaling") if getattr(self, name))
 
     @property
     def optimizer_spec(self) -> OptimizerSpec:

@@ -13,7 +13,10 @@ What paper 001 (§2.3) does, and what we do
   for its GANs an adversarial term.
 * Samples: random cubic patches (:mod:`~msynth.models.training.patches`; default 64³ voxels,
   ``patches_per_session`` per session and epoch, one per step). Eight 64³ patches hold about as many voxels as one
-  of paper 001's 208×256×40 volumes.
+  of paper 001's 208×256×40 volumes. Or, as thesis 003 ch. 4, every patch of a 50 %-overlap grid
+  (``patch_sampling='grid'``), with its rotations and scalings as augmentation.
+* A Refiner stage trains on volumes that carry the previous stage's prediction (:attr:`Volume.sketch`): its
+  patches and validation volumes get the sketch as extra input channels.
 * Early stopping: Prechelt's UP_p criterion with strips of ``q`` epochs (:mod:`~msynth.models.training.stopping`),
   p = 3, q = 5. The generalisation error is the MSE inside the brain of whole validation volumes (subjects held out
   of the training set). The weights kept are those of the epoch with the lowest validation error (Prechelt 1998).
@@ -45,11 +48,14 @@ from torch import nn
 from msynth.models.card import WEIGHTS_NAME, Normalisation
 from msynth.models.data import Volume, normalise_array, session_statistics
 from msynth.models.training.config import TrainingConfig
-from msynth.models.training.patches import extract_patch, patch_size, random_flip, sample_patch_corners
+from msynth.models.training.patches import (
+    extract_patch, grid_patch_corners, patch_size, random_flip, random_transform, sample_patch_corners,
+)
 from msynth.models.training.steps import TrainingStep, build_step
 from msynth.models.training.stopping import StripStopping
 
-__all__ = ["CHECKPOINT_NAME", "EpochRecord", "TrainingResult", "deterministic", "train_model", "validation_error"]
+__all__ = ["CHECKPOINT_NAME", "EpochRecord", "TrainingResult", "deterministic", "train_model", "validation_error",
+           "volume_statistics"]
 
 LOGGER = logging.getLogger("msynth.models")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -100,12 +106,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def _fingerprint(config: TrainingConfig, inputs: Sequence[str], outputs: Sequence[str],
                  train: Sequence[Volume], validation: Sequence[Volume],
                  normalisation: Mapping[str, Normalisation]) -> str:
-    """What a checkpoint must match to be resumed (``max_epochs`` may change)."""
+    """What a checkpoint must match to be resumed (``max_epochs`` may change): the settings, the data and the
+    sketches a Refiner trains on."""
     settings = config.to_dict()
     settings.pop("max_epochs")
+    sketches = [hashlib.sha256(np.ascontiguousarray(v.sketch).tobytes()).hexdigest()
+                for v in (*train, *validation) if v.sketch is not None]
     text = json.dumps([settings, list(inputs), list(outputs),
                        [v.label for v in train], [v.label for v in validation],
-                       {k: [s.mean, s.std] for k, s in sorted(normalisation.items())}], sort_keys=True)
+                       {k: [s.mean, s.std] for k, s in sorted(normalisation.items())}, *sketches], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -124,14 +133,24 @@ def deterministic() -> Iterator[None]:
         torch.backends.cudnn.benchmark = benchmark
 
 
+def volume_statistics(volume: Volume, inputs: Sequence[str], outputs: Sequence[str],
+                      normalisation: Mapping[str, Normalisation], config: TrainingConfig) -> dict[str, Normalisation]:
+    """The statistics that z-score a session: its inputs as ``config.intensity_normalisation`` says, its target as
+    ``config.target_scope`` says (:func:`msynth.models.data.session_statistics`)."""
+    return {**session_statistics(volume, inputs, normalisation, config.intensity_normalisation),
+            **session_statistics(volume, outputs, normalisation, config.target_scope)}
+
+
 def _prepared(volumes: Sequence[Volume], inputs: Sequence[str], outputs: Sequence[str],
-              normalisation: Mapping[str, Normalisation], scope: str) -> list[Prepared]:
-    """Whole volumes z-scored for validation."""
+              normalisation: Mapping[str, Normalisation], config: TrainingConfig) -> list[Prepared]:
+    """Whole volumes z-scored for validation (a Refiner's with the sketch as the last input channels)."""
     prepared = []
     for v in volumes:
-        stats = session_statistics(v, (*inputs, *outputs), normalisation, scope)
-        prepared.append((normalise_array(v.take(inputs), v.mask, inputs, stats),
-                         normalise_array(v.take(outputs), v.mask, outputs, stats), v.mask))
+        stats = volume_statistics(v, inputs, outputs, normalisation, config)
+        x = normalise_array(v.take(inputs), v.mask, inputs, stats)
+        if v.sketch is not None:
+            x = np.concatenate([x, v.sketch])
+        prepared.append((x, normalise_array(v.take(outputs), v.mask, outputs, stats), v.mask))
     return prepared
 
 
@@ -194,7 +213,8 @@ def train_model(
         Sessions of other subjects for the stopping rule; empty: train ``config.max_epochs`` epochs and keep the
         last weights.
     inputs, outputs
-        Channel names of the network's inputs and targets (:func:`msynth.models.card.channels_of`).
+        Channel names of the network's inputs and targets (:func:`msynth.models.card.channels_of`). Volumes with a
+        ``sketch`` add it after the inputs (a Refiner), all or none of them.
     normalisation
         z-score statistics of every channel (computed on the training subjects only).
     config
@@ -208,7 +228,7 @@ def train_model(
         The :class:`~msynth.models.training.steps.SupervisedStep` or
         :class:`~msynth.models.training.steps.AdversarialStep` to train, on ``device``; default: the step
         ``config`` describes (:func:`~msynth.models.training.steps.build_step`), its networks initialised after
-        ``torch.manual_seed(config.seed)``, with ``inputs`` and ``outputs`` giving their channels.
+        ``torch.manual_seed(config.seed)``, with ``inputs`` (and a sketch) and ``outputs`` giving their channels.
     callback
         Called with each epoch's :class:`EpochRecord` (after the checkpoint of a strip end is written).
     progress
@@ -223,19 +243,22 @@ def train_model(
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sketched = {v.sketch is not None for v in (*train, *validation)}
+    if len(sketched) > 1:
+        raise ValueError("either every training and validation volume carries a sketch (a Refiner) or none does")
     fingerprint = _fingerprint(config, inputs, outputs, train, validation, normalisation)
-    scope = config.intensity_normalisation
 
     with deterministic():
         if step is None:
             torch.manual_seed(config.seed)
-            stage = config.stage("synthesis", in_channels=len(inputs), out_channels=len(outputs),
-                                 weights=WEIGHTS_NAME)
+            stage = config.stage("synthesis", in_channels=len(inputs) + len(outputs) * sketched.pop(),
+                                 out_channels=len(outputs), weights=WEIGHTS_NAME)
             step = build_step(stage, device)
         model = step.network
         size = patch_size(train, config.patch_size, step.multiple)
-        val_data = _prepared(validation, inputs, outputs, normalisation, scope)
-        train_stats = {id(v): session_statistics(v, (*inputs, *outputs), normalisation, scope) for v in train}
+        val_data = _prepared(validation, inputs, outputs, normalisation, config)
+        train_stats = {id(v): volume_statistics(v, inputs, outputs, normalisation, config) for v in train}
+        grids = {id(v): grid_patch_corners(v.mask, size) for v in train} if config.patch_sampling == "grid" else {}
         stopping = StripStopping(config.strip_length, config.strips)
         checkpoint = out_dir / CHECKPOINT_NAME
         start, history, best_state = _resume(checkpoint, fingerprint, config.max_epochs, step, stopping, device)
@@ -263,7 +286,8 @@ def train_model(
             rng = np.random.default_rng([config.seed, epoch])
             torch.manual_seed(_epoch_seed(config.seed, epoch))
             patches = [(volume, corner) for volume in train
-                       for corner in sample_patch_corners(volume.mask, config.patches_per_session, size, rng)]
+                       for corner in (grids[id(volume)] if grids else
+                                      sample_patch_corners(volume.mask, config.patches_per_session, size, rng))]
             order = rng.permutation(len(patches))
             step.train()
             losses = []
@@ -272,6 +296,9 @@ def train_model(
                 batch = extract_patch(volume, corner, size, inputs, outputs, train_stats[id(volume)]).to(device)
                 if config.random_flips:
                     batch = random_flip(batch, rng)
+                if config.random_rotations or config.random_scaling:
+                    batch = random_transform(batch, rng, rotations=config.random_rotations,
+                                             scaling=config.random_scaling)
                 losses.append(step(batch))
             record = EpochRecord(epoch, float(np.mean(losses)), evaluate())
             history.append(record)
