@@ -227,7 +227,8 @@ def test_multi_channel_inputs_are_read_per_channel(tmp_path):
 
 
 def test_stages_run_in_order_on_the_inputs_and_the_previous_prediction(tmp_path):
-    """A two-stage model (a Sketcher then a Refiner, thesis 003 §3.2.1) synthesises refiner(x, sketcher(x))."""
+    """A two-stage model (a Sketcher then a Refiner, thesis 003 §3.2.1) synthesises refiner(x, sketcher(x)), the
+    sketch set to 0 outside the brain as in training."""
     keys = ("T1w", "T2w")
     model_dir = _model_dir(tmp_path, keys, "two-stage", "cohort", stages=2)
     card, chain = inference.load_model(model_dir)
@@ -242,7 +243,8 @@ def test_stages_run_in_order_on_the_inputs_and_the_previous_prediction(tmp_path)
     std = np.array([card.normalisation[k].std for k in keys])[:, None, None, None]
     x = torch.from_numpy(((raw - mean) / std * mask).astype(np.float32))[None]
     with torch.no_grad():
-        z = refiner(torch.cat([x, sketcher(x)], dim=1))[0, 0].numpy()
+        inside = torch.from_numpy(mask.astype(np.float32))[None, None]
+        z = refiner(torch.cat([x, sketcher(x) * inside], dim=1))[0, 0].numpy()
     flair = card.normalisation["FLAIR"]
     np.testing.assert_allclose(nb.load(out).get_fdata(), np.clip(z * flair.std + flair.mean, 0, None) * mask,
                                atol=1e-3, rtol=1e-5)

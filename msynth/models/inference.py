@@ -82,10 +82,15 @@ class StageChain(nn.Module):
         self.multiple = math.lcm(*(_multiple(stage) for stage in stages))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``N C_in D H W`` inputs → ``N C_out D H W`` prediction of the last stage."""
+        """``N C_in D H W`` inputs → ``N C_out D H W`` prediction of the last stage.
+
+        Each sketch passed on is set to 0 where every input is 0 (outside the brain: inputs are z-scored inside it
+        and 0 outside), as in training, where the sketches are masked by the brain (``add_sketches``).
+        """
+        inside = (x != 0).any(dim=1, keepdim=True).to(x.dtype)
         prediction = self.stages[0](x)
         for stage in self.stages[1:]:
-            prediction = stage(torch.cat([x, prediction], dim=1))
+            prediction = stage(torch.cat([x, prediction * inside], dim=1))
         return prediction
 
 

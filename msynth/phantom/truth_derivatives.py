@@ -68,7 +68,7 @@ def write_truth_derivatives(bids_dir: Path, truth_dir: Path, output_dir: Path) -
         for path in [*anat.glob("*.nii.gz"), *dwi.glob("*.nii.gz"), dvr]:
             sidecar = {"Description": "msynth-phantom truth laid out as a participant-level output",
                        "SpatialReference": raw_t1w, "Sources": [raw_t1w]}
-            if path.name.endswith("desc-preproc_T1w.nii.gz"):
+            if "_desc-preproc_" in path.name:  # the raw T1w and the MTR map keep their skull
                 sidecar["SkullStripped"] = False
             path.with_name(path.name.removesuffix(".nii.gz") + ".json").write_text(json.dumps(sidecar) + "\n")
     return output_dir
