@@ -102,6 +102,17 @@ def test_follow_up_registration_superimposes_the_brains(group_run, tmp_path):
         assert registered > dice(nb.load(unmoved).get_fdata() >= 0.5, baseline) + 0.05, label
 
 
+def test_control_reference_table(group_run):
+    _, out = group_run
+    reference = _table(out, "control_reference")
+    assert set(reference["source"]) == {"acquired", NOISY_MODEL} and len(reference) == 2 * 13  # rings 0-12 mm
+    filled = reference[~reference["interpolated"]]
+    np.testing.assert_allclose(filled["threshold"], filled["mean"] - filled["sd"])
+    # the noisy source's voxels spread wider: its SD exceeds the acquired one's in every filled ring
+    by_source = filled.pivot(index="ring", columns="source", values="sd").dropna()
+    assert (by_source[NOISY_MODEL] > by_source["acquired"]).all()
+
+
 def test_demyelinated_masks_match_the_truth(group_run):
     cohort, out = group_run
     scores = []

@@ -34,6 +34,17 @@ DICTIONARIES: dict[str, dict[str, dict[str, str]]] = {
         "t2_lesion_load_mm3": {"Description": "Baseline lesion mask volume", "Units": "mm^3"},
         "n_sessions": {"Description": "Sessions with participant-level outputs"},
     },
+    "control_reference": {
+        "source": {"Description": "DVR source"},
+        "ring": {"Description": "Distance-to-CSF ring"},
+        "distance_from_mm": {"Description": "Ring's lower bound", "Units": "mm"},
+        "distance_to_mm": {"Description": "Ring's upper bound (inf for the last ring)", "Units": "mm"},
+        "n_voxels": {"Description": "Control white-matter voxels pooled in the ring"},
+        "mean": {"Description": "Mean DVR of those voxels"},
+        "sd": {"Description": "Population SD of those voxels"},
+        "threshold": {"Description": "mean - sd: a lesion voxel below it is demyelinated"},
+        "interpolated": {"Description": "True where the ring had fewer than 2 voxels and took its neighbours' value"},
+    },
     "myelin_indices": {
         "participant_id": {"Description": "Patient"},
         "source": {"Description": "DVR source: 'acquired' (Logan DVR of the acquired PET) or a synthesis model"},
@@ -129,7 +140,8 @@ def sex_female(sex: pd.Series) -> pd.Series:
     return sex.astype(str).str.strip().str.lower().map(_FEMALE).astype(float)
 
 
-def group_tables(measures: pd.DataFrame, cohort: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def group_tables(measures: pd.DataFrame, cohort: pd.DataFrame,
+                 reference: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every group table from the long measures of all subjects and the cohort table.
 
     Parameters
@@ -138,6 +150,9 @@ def group_tables(measures: pd.DataFrame, cohort: pd.DataFrame) -> dict[str, pd.D
         Concatenated :data:`msynth.analysis.myelin_maps.MEASURE_COLUMNS` tables (controls and patients).
     cohort
         ``participant_id group age sex edss_t0 n_sessions`` (``t2_lesion_load_mm3`` is added from the measures).
+    reference
+        The control references of every source (:func:`msynth.analysis.myelin.control_reference` with ``source``),
+        written as ``control_reference``.
     """
     load = measures[measures["quantity"] == "t2_lesion_load_mm3"].drop_duplicates("participant_id")
     cohort = cohort.merge(load[["participant_id", "value"]].rename(columns={"value": "t2_lesion_load_mm3"}),
@@ -150,7 +165,8 @@ def group_tables(measures: pd.DataFrame, cohort: pd.DataFrame) -> dict[str, pd.D
     points = _paired_points(measures, roi + list(myelin.INDEX_COLUMNS[1:]))
     clinical = cohort.assign(edss=cohort["edss_t0"], sex_female=sex_female(cohort["sex"]))
     regression = statistics.regression_table(indices, clinical, REGRESSION_INDICES)
-    return {"cohort": cohort, "myelin_indices": indices, "agreement": agreement,
+    tables = {} if reference is None else {"control_reference": reference[list(DICTIONARIES["control_reference"])]}
+    return {**tables, "cohort": cohort, "myelin_indices": indices, "agreement": agreement,
             "bland_altman": statistics.bland_altman_table(points), "bland_altman_points": points,
             "edss_regression": regression}
 

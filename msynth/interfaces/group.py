@@ -122,6 +122,7 @@ class PatientMeasures(SimpleInterface):
 class _GroupTablesInputSpec(BaseInterfaceInputSpec):
     measures = InputMultiObject(File(exists=True), mandatory=True, desc="long measures of every subject")
     cohort = traits.List(traits.Dict, mandatory=True, desc="cohort rows (participant_id group age sex edss_t0 …)")
+    references = InputMultiObject(File(exists=True), mandatory=True, desc="control-reference TSV of each source")
     parameters = traits.Dict(mandatory=True, desc="analysis parameters, recorded in every sidecar")
 
 
@@ -141,7 +142,8 @@ class GroupTables(SimpleInterface):
                                           dtype={"session": str, "source": str, "note": str})
                               for path in self.inputs.measures], ignore_index=True)
         measures[["session", "source", "note"]] = measures[["session", "source", "note"]].fillna("")
-        tables = group_tables(measures, pd.DataFrame(self.inputs.cohort))
+        reference = pd.concat([read_reference(path) for path in self.inputs.references], ignore_index=True)
+        tables = group_tables(measures, pd.DataFrame(self.inputs.cohort), reference)
         out_dir = f"{runtime.cwd}/group"
         self._results["out_files"] = [str(p) for p in write_group_tables(tables, measures, newpath=out_dir,
                                                                          parameters=self.inputs.parameters)]

@@ -126,6 +126,7 @@ def init_group_wf(
         *[(sink, merge_masks, [("out_file", f"in{i}")]) for i, sink in enumerate(mask_sinks, start=1)],
         (merge_masks, group_report, [("out", "masks")]),
         (merge_measures, group_tables, [("out", "measures")]),
+        (merge_references, group_tables, [("out", "references")]),
         (group_tables, group_report, [("out_dir", "group_dir")]),
         (group_tables, merge_outputs, [("out_files", "in1")]),
         (group_report, merge_outputs, [("out_file", "in2")]),
