@@ -36,6 +36,14 @@ INDEX_LABELS: dict[str, str] = {
     "dynamic_demyelination": "dynamic demyelination",
     "dynamic_remyelination": "dynamic remyelination",
 }
+#: What each index is a percentage of (its y axis).
+INDEX_UNITS: dict[str, str] = {
+    "pct_demyelinated_t0": "% of the lesion load at t0",
+    "pct_demyelinated_t1": "% of the lesion load at t0",
+    "global_index": "percentage points",
+    "dynamic_demyelination": "% of the voxels normal at t0",
+    "dynamic_remyelination": "% of the voxels demyelinated at t0",
+}
 
 #: Overlay classes of :func:`overlay_labels` (codes 1-4) with the colours of thesis Fig. 4.4 (B), except that lesion
 #: voxels demyelinated in neither map are green, not white, which would vanish on the bright white matter of a T1w.
@@ -134,7 +142,7 @@ def index_boxplot_figure(indices: pd.DataFrame, colours: Mapping[str, str],
             axes.scatter(np.full(len(by_source[source]), position), by_source[source], s=16, zorder=3,
                          color=colours[source], edgecolors="black", linewidths=0.3)
         axes.set_xticks(positions, present, fontsize=8)
-        axes.set_ylabel("% of the lesion load at t0")
+        axes.set_ylabel(INDEX_UNITS.get(column, "%"), fontsize=8)
     return figure
 
 
