@@ -91,8 +91,8 @@ def test_follow_up_registration_superimposes_the_brains(group_run, tmp_path):
     work = out.parent / "work"
     for label in ("MS01", "MS04"):
         xfm = next(work.glob(f"msynth_wf/group_wf/register_follow_up_{label}/*_xfm.mat"))
-        masks = [cohort.truth_dir / f"sub-{label}" / f"ses-{s}" / "anat" / f"sub-{label}_ses-{s}_space-T1w_desc-brain_mask.nii.gz"
-                 for s in ("01", "02")]
+        masks = [cohort.truth_dir / f"sub-{label}" / f"ses-{s}" / "anat"
+                 / f"sub-{label}_ses-{s}_space-T1w_desc-brain_mask.nii.gz" for s in ("01", "02")]
         moved = apply_transform(masks[1], masks[0], xfm, newpath=tmp_path, interpolation="linear")
         baseline = nb.load(masks[0]).get_fdata() > 0.5
         identity = write_affine(np.eye(4), tmp_path / "identity.mat")

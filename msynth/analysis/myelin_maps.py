@@ -151,21 +151,22 @@ def patient_measures(*, participant_id: str, baseline: Mapping[str, str], follow
         return pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
     lesion_image = nib.load(str(baseline["lesion"]))
     lesion = np.asanyarray(lesion_image.dataobj) > 0.5
-    add(baseline["session"], "", "t2_lesion_load_mm3", float(lesion.sum() * np.prod(lesion_image.header.get_zooms()[:3])))
+    voxel_mm3 = float(np.prod(lesion_image.header.get_zooms()[:3]))
+    add(baseline["session"], "", "t2_lesion_load_mm3", float(lesion.sum()) * voxel_mm3)
+    baseline_dvr = {source: _load(baseline[f"dvr:{source}"]) for source in sources}
     masks: dict[str, dict[str, np.ndarray]] = {}
     for source in sources:
         reference = read_reference(references[source])
         rings = _rings(baseline["csf_distance"], reference)
-        d0 = myelin.demyelinated_voxels(_load(baseline[f"dvr:{source}"]), lesion, rings, reference)
-        d1, note = None, "single session: no follow-up"
+        d0 = myelin.demyelinated_voxels(baseline_dvr[source], lesion, rings, reference)
+        d1, missing = None, "single session: no follow-up"
         if follow_up is not None and f"dvr:{source}" in follow_up:
             dvr1 = _on_baseline(follow_up[f"dvr:{source}"], baseline["t1w"], follow_up_xfm, newpath / source)
-            d1 = myelin.demyelinated_voxels(dvr1, lesion, rings, reference)
+            d1, missing = myelin.demyelinated_voxels(dvr1, lesion, rings, reference), ""
         elif follow_up is not None:
-            note = f"no {source} DVR at the follow-up"
+            missing = f"no {source} DVR at the follow-up"
         for name, value in myelin.myelin_indices(lesion, d0, d1).items():
-            add("", source, name, value, note if d1 is None and name != "lesion_voxels_t0" and
-                name != "pct_demyelinated_t0" else "")
+            add("", source, name, value, "" if name in _BASELINE_INDICES else missing)
         masks[source] = {"t0": d0, **({"t1": d1, **myelin.dynamic_masks(lesion, d0, d1)} if d1 is not None else {})}
     for source in sources:
         if source == myelin.ACQUIRED or myelin.ACQUIRED not in masks:
@@ -177,13 +178,18 @@ def patient_measures(*, participant_id: str, baseline: Mapping[str, str], follow
     for time_point, session in (("t0", baseline), ("t1", follow_up)):
         if session is None or not session.get("lesion"):
             continue
-        regions = {f"lesion_{time_point}": _load(session["lesion"]) > 0.5}
+        regions = {f"lesion_{time_point}": lesion if session is baseline else _load(session["lesion"]) > 0.5}
         if session.get("nawm"):
             regions[f"nawm_{time_point}"] = _load(session["nawm"]) > 0.5
         for source in [s for s in sources if f"dvr:{s}" in session]:
-            for quantity, value in myelin.roi_means(_load(session[f"dvr:{source}"]), regions).items():
+            dvr = baseline_dvr[source] if session is baseline else _load(session[f"dvr:{source}"])
+            for quantity, value in myelin.roi_means(dvr, regions).items():
                 add(session["session"], source, quantity, value)
     return pd.DataFrame(rows, columns=list(MEASURE_COLUMNS))
+
+
+#: Indices that need only the baseline (the others are n/a without a follow-up).
+_BASELINE_INDICES = frozenset({"lesion_voxels_t0", "pct_demyelinated_t0"})
 
 
 def _why_nan(quantity: str) -> str:

@@ -44,7 +44,8 @@ class _ControlReferenceOutputSpec(TraitedSpec):
 
 
 class ControlReference(SimpleInterface):
-    """Healthy-control DVR threshold by distance to CSF (:func:`~msynth.analysis.myelin_maps.write_control_reference`)."""
+    """Healthy-control DVR threshold by distance to CSF
+    (:func:`~msynth.analysis.myelin_maps.write_control_reference`)."""
 
     input_spec = _ControlReferenceInputSpec
     output_spec = _ControlReferenceOutputSpec
@@ -90,7 +91,7 @@ class _PatientMeasuresInputSpec(BaseInterfaceInputSpec):
     follow_up = traits.Dict(traits.Str, traits.Str, desc="follow-up maps; undefined for a single session")
     follow_up_xfm = File(exists=True, desc="baseline T1w → follow-up T1w rigid transform")
     map_files = InputMultiObject(File(exists=True), mandatory=True,
-                                 desc="every file named in baseline and follow_up (so a rerun notices when one changes)")
+                                 desc="every file named in baseline and follow_up (a rerun notices when one changes)")
     references = InputMultiObject(File(exists=True), mandatory=True,
                                   desc="control-reference TSVs, one per DVR source (named in their 'source' column)")
 

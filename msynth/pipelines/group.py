@@ -24,16 +24,16 @@ from msynth.utils.group_inputs import GroupInputs, ParticipantMaps, SessionMaps
 
 GROUP_DESC = (
     "Demyelinated lesion voxels were identified as in Bodini et al. (2016) and thesis 003 (§4.2.5): the DVR of every "
-    "white-matter voxel (probability ≥ {wm:g}) of every healthy control was pooled by its distance to CSF in {ring:g} mm "
-    "rings (voxels beyond {cap:g} mm sharing the last ring), and a lesion voxel was classified as demyelinated when its "
-    "DVR fell below the mean minus one standard deviation of its ring, separately for each DVR source. Each patient's "
-    "follow-up T1w was registered rigidly to the baseline T1w (ANTs, mutual information) and its DVR resampled "
-    "(windowed sinc) onto the baseline grid; the percentage of demyelinated voxels over the baseline lesion load at each time point, the global "
-    "index of myelin-content change and the indices of dynamic demyelination and remyelination followed from the "
-    "voxels' trajectories. Synthetic and acquired PET were compared by the Dice coefficient of these masks and by "
-    "Bland-Altman analysis with paired t and Wilcoxon tests; baseline EDSS was regressed on each index with age, sex "
-    "and T2 lesion load as covariates (ordinary least squares, statsmodels), standardized coefficients from z-scored "
-    "variables."
+    "white-matter voxel (probability ≥ {wm:g}) of every healthy control was pooled by its distance to CSF in "
+    "{ring:g} mm rings (voxels beyond {cap:g} mm sharing the last ring), and a lesion voxel was classified as "
+    "demyelinated when its DVR fell below the mean minus one standard deviation of its ring, separately for each DVR "
+    "source. Each patient's follow-up T1w was registered rigidly to the baseline T1w (ANTs, mutual information) and "
+    "its DVR resampled (windowed sinc) onto the baseline grid; the percentage of demyelinated voxels over the "
+    "baseline lesion load at each time point, the global index of myelin-content change and the indices of dynamic "
+    "demyelination and remyelination followed from the voxels' trajectories. Synthetic and acquired PET were compared "
+    "by the Dice coefficient of these masks and by Bland-Altman analysis with paired t and Wilcoxon tests; baseline "
+    "EDSS was regressed on each index with age, sex and T2 lesion load as covariates (ordinary least squares, "
+    "statsmodels), standardized coefficients from z-scored variables."
 )
 
 
@@ -195,10 +195,9 @@ def _mask_desc(source: str) -> str:
     return "demyelinated" if source == ACQUIRED else "synthdemyelinated"
 
 
-def _mask_path(output_dir: Path, session: SessionMaps, source: str) -> Path:
+def _mask_path(output_dir: Path, label: str, session: SessionMaps, source: str) -> Path:
     """Where the sink files a session's demyelinated mask."""
-    entities = {"sub": session.prefix.split("_")[0][4:], "ses": session.session or "", "trc": "PIB", "space": "T1w",
-                "desc": _mask_desc(source)}
+    entities = {"sub": label, "ses": session.session or "", "trc": "PIB", "space": "T1w", "desc": _mask_desc(source)}
     return output_dir / derivative_path(entities, "pet", "mask", ".nii.gz")
 
 
@@ -212,8 +211,9 @@ def _overlays(patients: list[ParticipantMaps], output_dir: Path) -> list[dict[st
         synthetic = next((source for source in baseline.dvr if source != ACQUIRED), None)
         overlays.append({
             "participant_id": patient.participant_id, "session": baseline.session or "", "t1w": str(baseline.t1w),
-            "lesion_mask": str(baseline.lesion), "acquired_mask": str(_mask_path(output_dir, baseline, ACQUIRED)),
-            "synthetic_mask": str(_mask_path(output_dir, baseline, synthetic)) if synthetic else "",
+            "lesion_mask": str(baseline.lesion),
+            "acquired_mask": str(_mask_path(output_dir, patient.label, baseline, ACQUIRED)),
+            "synthetic_mask": str(_mask_path(output_dir, patient.label, baseline, synthetic)) if synthetic else "",
             "synthetic_source": synthetic or "",
         })
     return overlays

@@ -198,7 +198,8 @@ def collect_group_inputs(bids_dir: Path, output_dir: Path, labels: list[str] | N
             edss, why = _baseline_edss(bids_dir, row.label, maps[0].session)
             if why:
                 problems.append(why)
-        participants.append(ParticipantMaps(label=row.label, group=row.group, age=float(pd.to_numeric(row.age, errors="coerce")), sex=row.sex,
+        age = float(pd.to_numeric(row.age, errors="coerce"))
+        participants.append(ParticipantMaps(label=row.label, group=row.group, age=age, sex=row.sex,
                                             edss=edss, sessions=maps))
         sources += [s for m in maps for s in m.dvr if s not in sources]
     if not participants and not table.empty:
