@@ -1,4 +1,4 @@
-"""Reproduce every FLAIR-synthesis model shipped in ``msynth/models/weights/`` from scratch.
+"""Reproduce every model shipped in ``msynth/models/weights/`` (FLAIR and DVR synthesis) from scratch.
 
 Usage::
 
@@ -16,15 +16,27 @@ Stages (default: all, in this order):
     ``patient19`` of ``../shared/data/open_ms_data`` (Lesjak et al. 2018, CC-BY; skull-stripped, bias-corrected,
     1 mm MNI space): ``sub-P07``/``sub-P19`` with T1w (sidecar ``SkullStripped: true``), T2w and FLAIR, and the
     consensus lesion masks as a ``--lesion-masks`` derivative; then runs the participant level on it.
+``dvr-phantom``
+    The DVR models' training cohort: the group benchmark's phantom cohort and participant level
+    (``benchmarks/group_phantom.py --stage phantom participant``: 10 controls, 18 patients, two sessions, 2 mm,
+    seed 2027; about an hour of both cores). ``--dvr-derivatives DIR`` uses an existing run of it instead.
 ``train``
-    Runs ``msynth-train flair`` with the arguments of :data:`PHANTOM_MODELS` and :data:`LESJAK_TRAINING` (recorded
-    in each model card) and writes ``msynth/models/weights/<name>/``.
+    Runs ``msynth-train flair`` with the arguments of :data:`PHANTOM_MODELS` and :data:`LESJAK_TRAINING`, and
+    ``msynth-train dvr`` with those of :data:`DVR_MODELS` (recorded in each model card), and writes
+    ``msynth/models/weights/<name>/``.
 ``evaluate``
     Scores each shipped phantom model on a fresh patient (seed 9001, as ``tests/test_shipped_models.py``): inputs on
     the model's grid through the phantom's true transforms, N4 inside the true brain mask; SSIM and MSE inside the
     brain of the prediction de-normalised with the acquired FLAIR's brain mean and SD (as the cross-validation),
     Ratio 1 of that prediction and of the ``synthesize`` file (cohort statistics), and the acquired Ratio 1.
     ``--evaluate-also MODEL_DIR …`` scores other model folders beside them (trial trainings of ``msynth-train``).
+``evaluate-dvr``
+    Scores each shipped DVR model on a fresh phantom cohort (:data:`DVR_FRESH`: seed 9102, which no model saw) with
+    the product itself: the participant level (as the group benchmark's, then once per model with ``--model``,
+    sharing one work folder so only the synthesis reruns), then the group level on each model's outputs. Prints the
+    per-region DVR metrics of the participant level (``desc-synthDVR_metrics.tsv``: absolute discrepancy and
+    Bland-Altman bias against the acquired Logan DVR) averaged over sessions, and the group level's median
+    demyelinated-voxel Dice between synthetic and acquired PET (``group/agreement.tsv``).
 
 Why 2 mm, 16 patients, 32 features, Adam and at most 30 epochs (90 for the 5-input model): this machine has 2 CPU
 cores. At 4 mm the phantom's lesions are a few voxels each and no model learned their contrast (the earlier 4 mm
@@ -96,6 +108,24 @@ PHANTOM_MODELS = [
 LESJAK_TRAINING = ["--features", "32", "--optimizer", "adam", "--lr", "1e-3", "--folds", "2", "--epochs", "20",
                    "--patch-size", "48", "--patches-per-session", "4", "--voxel-size", "2", "--seed", "42",
                    "--device", "cpu", "--nprocs", "2"]
+
+#: DVR models (thesis 003 methods, ``msynth-train dvr --method``): the Refiner cGAN (ch. 3) and the Refiner CF-SAGAN
+#: (ch. 4), the thesis's settings (Adam 1e-4 / 5e-5, one Refiner, the losses and adversarial steps of
+#: ``msynth.models.training.methods``) but sized for this 2-core machine without GPU: trained at 4 mm (the
+#: phantom's 2.44 mm PET voxel at ``--voxel-size 2``, doubled, as the issue allows), generators narrowed (U-Net 16
+#: maps instead of 32, CF-SAGAN 8 instead of 16), 32^3 patches, and a few epochs: a 32^3 generator-plus-two-
+#: discriminator step takes 1-2.5 s on one core, and the CF-SAGAN trains on every patch of a 50 %-overlap grid
+#: (396 per epoch here) with rotations and scalings. No cross-validation (``--folds 0``; early stopping on an inner
+#: subject split never fires within so few epochs): ``benchmarks/dvr_methods.py`` cross-validates the methods.
+DVR_MODELS = {"dvr-refiner-cgan-phantom": ["--method", "refiner-cgan", "--features", "16", "--epochs", "10"],
+              "dvr-refiner-cf-sagan-phantom": ["--method", "refiner-cf-sagan", "--features", "8", "--epochs", "4"]}
+DVR_TRAINING = ["--folds", "0", "--voxel-size", "4", "--patch-size", "32", "--patches-per-session", "4",
+                "--seed", "42", "--device", "cpu"]
+DVR_SOURCE = ("msynth-phantom synthetic MS cohort: generate_cohort(n_controls=10, n_patients=18, voxel_size=2, "
+              "seed=2027) (benchmarks/group_phantom.py), baseline sessions, participant level of msynth with the "
+              "phantom's lesion masks")
+#: the fresh cohort the DVR models are scored on (a seed no model saw)
+DVR_FRESH = {"n_controls": 2, "n_patients": 4, "voxel_size": 2.0, "seed": 9102}
 
 _NO_DWI_PET_MTR = {"DWI": {"acquisition": "excluded"}, "PET": {"tracer": "excluded"},
                    "MTR": {"acquisition": "excluded"}}
@@ -205,7 +235,14 @@ def stage_lesjak(scratch: Path, log: Path) -> None:
                              sessions=None), log)
 
 
-def train_commands(scratch: Path, models: list[str] | None = None) -> list[tuple[str, list[str]]]:
+def stage_dvr_phantom(scratch: Path, log: Path) -> None:
+    """The DVR models' training cohort: the group benchmark's cohort and participant level."""
+    _run([sys.executable, str(ROOT / "benchmarks" / "group_phantom.py"), "--scratch", str(scratch / "dvr-cohort"),
+          "--stage", "phantom", "participant"], log)
+
+
+def train_commands(scratch: Path, models: list[str] | None = None,
+                   dvr_derivatives: Path | None = None) -> list[tuple[str, list[str]]]:
     """(name, msynth-train argv) of every shipped model."""
     commands = []
     for name, inputs in PHANTOM_MODELS:
@@ -222,18 +259,25 @@ def train_commands(scratch: Path, models: list[str] | None = None) -> list[tuple
         "--out", str(scratch / "models" / "flair-fcn-lesjak-t1t2"),
         "-w", str(scratch / "train-work" / "flair-fcn-lesjak-t1t2"), *LESJAK_TRAINING,
         "--data-source", LESJAK_SOURCE, "--data-license", LESJAK_LICENSE, "--data-citation", LESJAK_CITATION]))
+    derivatives = dvr_derivatives or scratch / "dvr-cohort" / "derivatives"
+    for name, method in DVR_MODELS.items():
+        commands.append((name, [
+            str(BIN / "msynth-train"), "dvr", "--derivatives", str(derivatives), *method, "--name", name,
+            "--out", str(scratch / "models" / name), "-w", str(scratch / "train-work" / name), *DVR_TRAINING,
+            "--data-source", DVR_SOURCE, "--data-license", "CC0 (synthetic)",
+            "--data-citation", "msynth phantom (docs/phantom.md)"]))
     return [(n, c) for n, c in commands if models is None or n in models]
 
 
-def stage_train(scratch: Path, log: Path, models: list[str] | None) -> None:
-    """Train the models and copy card and weights into the package."""
+def stage_train(scratch: Path, log: Path, models: list[str] | None, dvr_derivatives: Path | None) -> None:
+    """Train the models and copy card and weights (``model.pt``, or one file per stage) into the package."""
     import shutil
 
-    for name, argv in train_commands(scratch, models):
+    for name, argv in train_commands(scratch, models, dvr_derivatives):
         _run(argv, log)
         target = WEIGHTS / name
         target.mkdir(parents=True, exist_ok=True)
-        for file in ("model_card.json", "model.pt"):
+        for file in ("model_card.json", *(p.name for p in (scratch / "models" / name).glob("*.pt"))):
             shutil.copy2(scratch / "models" / name / file, target / file)
 
 
@@ -293,11 +337,47 @@ def stage_evaluate(scratch: Path, extra: list[Path] | None = None) -> None:
     print(pd.DataFrame(rows).to_string(index=False))
 
 
+def stage_evaluate_dvr(scratch: Path, log: Path) -> None:
+    """Score each shipped DVR model on a fresh phantom cohort with the participant and group levels."""
+    import pandas as pd
+
+    from msynth.phantom.cohort import generate_cohort
+
+    folder = scratch / "dvr-fresh"
+    bids = folder / "bids"
+    if not (bids / "participants.tsv").is_file():
+        generate_cohort(bids, **DVR_FRESH, overwrite=True, n_procs=1)
+    filters = folder / "filter.json"
+    filters.write_text(json.dumps({key: {"acquisition": "excluded"} for key in ("T2w", "PDw", "T1SE", "DIR")}))
+    rows, agreement = [], []
+    for name in DVR_MODELS:
+        out = folder / f"derivatives-{name}"
+        _run([str(BIN / "msynth"), str(bids), str(out), "participant", "-w", str(folder / "work"), "--nprocs", "1",
+              "--omp-nthreads", "1", "--lesion-masks", str(bids / "derivatives" / "lesions"),
+              "--bids-filter-file", str(filters), "--model", name], log)
+        _run([str(BIN / "msynth"), str(bids), str(out), "group", "-w", str(folder / f"work-group-{name}")], log)
+        for tsv in sorted(out.glob("sub-*/ses-*/pet/*_desc-synthDVR_metrics.tsv")):
+            session = tsv.name.split("_trc-")[0]
+            rows += [{"model": name, "session": session, **row}
+                     for row in pd.read_csv(tsv, sep="\t").to_dict("records")]
+        table = pd.read_csv(out / "group" / "agreement.tsv", sep="\t")
+        agreement.append(table.assign(model=name))
+    metrics = pd.DataFrame(rows)
+    print(metrics.groupby(["model", "roi"])[["abs_discrepancy", "bias", "mae", "psnr"]].agg(["mean", "max"])
+          .round(3).to_string())
+    print(pd.concat(agreement).groupby("model")[["dice_t0", "dice_t1", "dice_dynamic_demyelination",
+                                                 "dice_dynamic_remyelination"]].median().round(3).to_string())
+    metrics.to_csv(folder / "dvr_metrics.tsv", sep="\t", index=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scratch", type=Path, required=True, help="scratch folder (data views, outputs, work)")
-    parser.add_argument("--stage", nargs="+", choices=("phantom", "lesjak", "train", "evaluate"),
-                        default=["phantom", "lesjak", "train", "evaluate"])
+    stages = ("phantom", "lesjak", "dvr-phantom", "train", "evaluate", "evaluate-dvr")
+    parser.add_argument("--stage", nargs="+", choices=stages, default=list(stages))
+    parser.add_argument("--dvr-derivatives", type=Path, default=None, metavar="OUTPUT_DIR",
+                        help="train the DVR models on this participant-level run of the group benchmark's cohort "
+                             "instead of the dvr-phantom stage's")
     parser.add_argument("--models", nargs="+", default=None, help="train only these models")
     parser.add_argument("--evaluate-also", nargs="+", type=Path, default=None, metavar="MODEL_DIR",
                         help="evaluate stage: score these model folders too (e.g. trial trainings)")
@@ -308,10 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         stage_phantom(args.scratch, log)
     if "lesjak" in args.stage:
         stage_lesjak(args.scratch, log)
+    if "dvr-phantom" in args.stage and args.dvr_derivatives is None:
+        stage_dvr_phantom(args.scratch, log)
     if "train" in args.stage:
-        stage_train(args.scratch, log, args.models)
+        stage_train(args.scratch, log, args.models, args.dvr_derivatives)
     if "evaluate" in args.stage:
         stage_evaluate(args.scratch, args.evaluate_also)
+    if "evaluate-dvr" in args.stage:
+        stage_evaluate_dvr(args.scratch, log)
     return 0
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
+import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -88,7 +91,57 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path) -> tuple[Path,
             f"work directory {work_dir} lies inside the input BIDS dataset {bids_dir}; "
             "msynth never writes into its input — pass -w with a folder outside it"
         )
+    check_writable_folder(output_dir, what="output directory", remedy="choose another OUTPUT_DIR")
+    check_writable_folder(work_dir, what="work directory", remedy="pass -w with another folder")
     return bids_dir, output_dir, work_dir
+
+
+#: Why a folder cannot be written, by errno, in the words of the message.
+_WRITE_ERRORS = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+def check_writable_folder(folder: Path, *, what: str, remedy: str) -> None:
+    """Raise UsageError unless ``folder`` is, or can be made, a folder msynth can write into.
+
+    Nothing is created: a missing folder is judged by its nearest existing parent (msynth creates the folder when it
+    starts writing, after the other checks). Writability is tested by creating and removing an empty temporary file,
+    which, unlike the permission bits, also sees a read-only file system and access control lists.
+
+    Parameters
+    ----------
+    folder
+        Absolute path of the output or work directory.
+    what
+        Its name in the message, e.g. ``"output directory"``.
+    remedy
+        What to do, e.g. ``"choose another OUTPUT_DIR"``.
+
+    Raises
+    ------
+    UsageError
+        One line naming the path and the cause: a file where a folder should be, or a folder that cannot be written.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} {folder} exists and is a file, not a folder — remove it or {remedy}")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} {folder} cannot be created: {existing} is a file, not a folder — {remedy}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".msynth-write-test-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        cause = _WRITE_ERRORS.get(error.errno, error.strerror or type(error).__name__)
+        where = f"{folder} is not writable" if existing == folder else f"{folder} cannot be created in {existing}"
+        raise UsageError(f"{what} {where} ({cause}) — {remedy}") from None
 
 
 def check_lesion_masks(lesion_masks: Path | None) -> Path | None:

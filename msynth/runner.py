@@ -22,7 +22,7 @@ from nipype.pipeline import engine as pe
 
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
-from msynth.preprocessing.checks import check_dwi, check_image, check_pet_timing
+from msynth.preprocessing.checks import check_dwi, check_input_image, check_pet_timing
 from msynth.segmentation.lesions import check_lesion_mask
 from msynth.utils.bids import SessionData, collect_session, report_session
 from msynth.utils.derivatives import atomic_write_text, publish_staged, write_dataset_description
@@ -74,7 +74,7 @@ def run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Partic
 def check_inputs(data: SessionData) -> None:
     """Check every image of a session before any work; raises InputImageError naming the file and the cause."""
     for key, path in data.files.items():
-        check_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
+        check_input_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
     if "DWI" in data.files:
         check_dwi(data.files["DWI"], *data.gradients, label=f"{data.label}: DWI")
     if "PET" in data.files:

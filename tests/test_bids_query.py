@@ -135,7 +135,9 @@ def test_pet_frame_timing_is_checked_with_bids_inheritance(tmp_path):
     folder = root / "sub-01" / "ses-1" / "pet"
     folder.mkdir()
     pet = folder / "sub-01_ses-1_trc-PIB_pet.nii.gz"
-    nb.save(nb.Nifti1Image(np.ones((4, 4, 4, 3), np.float32), np.eye(4)), pet)
+    t1w = nb.load(next(root.glob("sub-01/ses-1/anat/*_T1w.nii.gz")))  # a whole-brain field of view, varying values
+    frames = np.random.default_rng(0).uniform(1, 2, t1w.shape + (3,)).astype(np.float32)
+    nb.save(nb.Nifti1Image(frames, t1w.affine), pet)
     (folder / "sub-01_ses-1_trc-PIB_pet.json").write_text(json.dumps({"TracerName": "PIB"}))
     (root / "trc-PIB_pet.json").write_text(json.dumps({"FrameTimesStart": [0, 60, 120], "FrameDuration": [60] * 3}))
     check_inputs(collect_session(open_layout(root), "01", "1", load_filter_file(None)))

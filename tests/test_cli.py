@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,121 @@ def test_work_dir_inside_bids_dir(tiny_bids, tmp_path, capsys):
         f"msynth: error: work directory {work} lies inside the input BIDS dataset {tiny_bids}; "
         "msynth never writes into its input — pass -w with a folder outside it"
     )
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    """Run msynth expecting exit code 1 and one error line, no traceback; return that line."""
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("msynth: error:")]
+    assert err.rstrip().endswith(line)
+    return line
+
+
+# (which folder, how it is broken, expected message after "msynth: error: ")
+BAD_FOLDERS = [
+    ("output", lambda p: (p.write_text("x"), p)[1],
+     "output directory {path} exists and is a file, not a folder — remove it or choose another OUTPUT_DIR"),
+    ("work", lambda p: (p.write_text("x"), p)[1],
+     "work directory {path} exists and is a file, not a folder — remove it or pass -w with another folder"),
+    ("output", lambda p: (p.write_text("x"), p / "derivatives" / "msynth")[1],
+     "output directory {path} cannot be created: {parent} is a file, not a folder — choose another OUTPUT_DIR"),
+]
+
+
+@pytest.mark.parametrize(("which", "make", "message"), BAD_FOLDERS)
+def test_output_or_work_path_not_a_folder(tiny_bids, tmp_path, capsys, which, make, message):
+    """An OUTPUT_DIR or -w that is a file (or lies below one) is refused before any work, in one line."""
+    target = tmp_path / which
+    path = make(target)
+    folders = {"output": tmp_path / "output", "work": tmp_path / "work", which: path}
+    argv = [str(tiny_bids), str(folders["output"]), "participant", "-w", str(folders["work"])]
+    line = _one_line_error(capsys, argv)
+    assert line == "msynth: error: " + message.format(path=path, parent=target)
+    assert target.is_file() and target.read_text() == "x", "the file given as a folder was changed"
+    assert not (tmp_path / ("work" if which == "output" else "output")).exists()
+
+
+def test_read_only_output_dir(tiny_bids, tmp_path, capsys):
+    """A folder without write permission (chmod 0o555) is refused in one line naming it and the cause."""
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("this user can write into a chmod 0o555 folder (root ignores permissions); the read-only "
+                        "file-system cases are tested by the read-only bind mount and simulated EROFS tests")
+        line = _one_line_error(capsys, _base(tiny_bids, tmp_path))
+        assert line == (f"msynth: error: output directory {out} is not writable (permission denied) — "
+                        "choose another OUTPUT_DIR")
+    finally:
+        out.chmod(0o755)
+
+
+def _read_only_bind(folder: Path) -> list[str] | None:
+    """A command prefix running a command with ``folder`` bind-mounted read-only (a mount namespace of its own, via
+    ``unshare``), or None where this system does not allow it."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
+    prefix = [unshare, "-rm", "sh", "-c", script, str(folder)]
+    probe = subprocess.run([*prefix, "touch", str(folder / ".probe")], capture_output=True, text=True)
+    if probe.returncode == 0:  # mounted, but not read-only: do not trust this system's mounts
+        (folder / ".probe").unlink()
+        return None
+    return prefix if "Read-only file system" in probe.stderr else None
+
+
+def test_output_dir_on_a_read_only_bind_mount(tiny_bids, tmp_path):
+    """A real read-only file system (a read-only bind mount, which root cannot write either): one line, exit 1."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    prefix = _read_only_bind(out)
+    if prefix is None:
+        pytest.skip("no read-only bind mount here (needs unshare and mount namespaces); "
+                    "test_output_dir_on_read_only_file_system simulates the case")
+    msynth = Path(sys.executable).parent / "msynth"
+    run = subprocess.run([*prefix, str(msynth), *_base(tiny_bids, tmp_path), "--skip-bids-validation"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"msynth: error: output directory {out} is not writable (read-only file system) — choose another OUTPUT_DIR"
+    )
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(("which", "exists"), [("out", True), ("out", False), ("work", True)])
+def test_output_dir_on_read_only_file_system(tiny_bids, tmp_path, capsys, monkeypatch, which, exists):
+    """A read-only file system (EROFS, simulated: mounting one needs privileges) gives one line, exit code 1."""
+    import errno
+    import tempfile
+
+    folder = tmp_path / which
+    probed = folder if exists else tmp_path
+    if exists:
+        folder.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if Path(kwargs.get("dir", "")) == probed:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    line = _one_line_error(capsys, _base(tiny_bids, tmp_path))
+    what, remedy = (("output directory", "choose another OUTPUT_DIR") if which == "out"
+                    else ("work directory", "pass -w with another folder"))
+    where = f"{folder} is not writable" if exists else f"{folder} cannot be created in {tmp_path}"
+    assert line == f"msynth: error: {what} {where} (read-only file system) — {remedy}"
+    assert list(folder.iterdir()) == [] if exists else not folder.exists()
 
 
 def _base(tiny_bids: Path, tmp_path: Path) -> list[str]:

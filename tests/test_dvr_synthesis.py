@@ -1,9 +1,10 @@
 """DVR synthesis in the participant level and its evaluation (issue 15, item 4).
 
 The participant-level test checks wiring, not accuracy: its DVR model is a freshly initialised tiny Sketcher-Refiner
-(two 2-layer CNNs with 4 maps), saved with a valid schema-2 card. What it checks is where the synthetic DVR goes (the
-T1w grid, in DVR units, with its sidecar), that a session without PET gets one, and that the metrics TSV of a
-session with PET scores the two images it wrote. The metrics themselves are checked against hand-computed values.
+(two CF-SAGAN generators with 2 maps), saved with a valid schema-2 card. What it checks is where the synthetic DVR
+goes (the T1w grid, in DVR units, with its sidecar), that a session without PET gets one, that ``--saliency`` writes
+the P3S and attention maps, and that the metrics TSV of a session with PET scores the two images it wrote. The
+metrics themselves are checked against hand-computed values.
 """
 
 from __future__ import annotations
@@ -101,9 +102,11 @@ def test_dvr_metrics_table(tmp_path):
 # the participant level
 # ----------------------------------------------------------------------------------------------------------------
 def _tiny_dvr_model(folder: Path) -> Path:
-    """A freshly initialised Sketcher-Refiner of 2-layer CNNs (4 maps) over MTR + DWI, saved with its card.
+    """A freshly initialised Sketcher-Refiner of CF-SAGAN generators (2 maps, 2 blocks) over MTR + DWI, saved with
+    its card.
 
-    The target is z-scored with a DVR mean and SD (1.2, 0.3): the synthesis must return DVR units.
+    The target is z-scored with a DVR mean and SD (1.2, 0.3): the synthesis must return DVR units. The Sketcher's
+    attention layers have key weights 0: their attention is uniform, and their attention maps 1 in the brain.
     """
     inputs = ("MTR", "DWI")
     n_inputs = len(channels_of(inputs))
@@ -111,7 +114,8 @@ def _tiny_dvr_model(folder: Path) -> Path:
              "AD": Normalisation(1.2e-3, 3e-4), "DVR": Normalisation(1.2, 0.3)}
 
     def stage(name: str, in_channels: int, weights: str) -> Stage:
-        network = NetworkSpec("cnn2", {"in_channels": in_channels, "features": 4, "kernel_size": 3})
+        network = NetworkSpec("cf-sagan-generator", {"in_channels": in_channels, "features": 2, "blocks": 2,
+                                                     "attention_level": 1})
         return Stage(name=name, network=network, loss="l1", optimizer=OptimizerSpec("adam", 1e-4), weights=weights)
 
     card = ModelCard(
@@ -126,14 +130,17 @@ def _tiny_dvr_model(folder: Path) -> Path:
     torch.manual_seed(0)
     write_card(card, folder)
     for spec in card.stages:
-        network = build_network(spec.network.architecture, spec.network.arguments)
-        torch.save(network.state_dict(), folder / spec.weights)
+        state = build_network(spec.network.architecture, spec.network.arguments).state_dict()
+        if spec.name == "sketcher":  # f(x) = 0: every logit 0, β = 1/L
+            state["encoder_attention.key.weight"].zero_()
+            state["decoder_attention.key.weight"].zero_()
+        torch.save(state, folder / spec.weights)
     return folder
 
 
 @pytest.fixture(scope="module")
 def dvr_run(tmp_path_factory):
-    """One 4 mm phantom patient, two sessions; session 02's PET removed; DVR model and P3S maps."""
+    """One 4 mm phantom patient, two sessions; session 02's PET removed; DVR model, P3S and attention maps."""
     root = tmp_path_factory.mktemp("dvr")
     cohort = generate_cohort(root / "bids", n_controls=0, n_patients=1, voxel_size=4.0, seed=5)
     for path in (cohort.bids_dir / f"sub-{SUB}" / "ses-02" / "pet").iterdir():
@@ -178,6 +185,17 @@ def test_every_session_gets_a_synthetic_dvr_on_the_t1w_grid(dvr_run, session):
     for channel in ("MTR", "FA", "RD", "AD"):  # P3S maps, one per input channel
         saliency = nb.load(_file(out, session, "pet", f"trc-PIB_space-T1w_desc-P3S{channel}_saliency.nii.gz"))
         assert saliency.shape == t1w.shape and saliency.get_fdata().max() > 0
+    for label in ("SketcherEncoder", "SketcherDecoder", "RefinerEncoder", "RefinerDecoder"):  # CF-SAGAN attention
+        name = f"trc-PIB_space-T1w_desc-attention{label}_saliency"
+        attention = nb.load(_file(out, session, "pet", f"{name}.nii.gz"))
+        received = attention.get_fdata()
+        assert attention.shape == t1w.shape and np.allclose(attention.affine, t1w.affine) and not received[~brain].any()
+        if label.startswith("Sketcher"):  # uniform attention
+            np.testing.assert_allclose(received[brain], 1.0, atol=1e-6)
+        else:  # the rows of β sum to 1: received attention averages 1 over the volume, about 1 in the brain
+            assert received[brain].min() > 0 and received[brain].mean() == pytest.approx(1.0, abs=0.2)
+        description = json.loads(_file(out, session, "pet", f"{name}.json").read_text())["Description"]
+        assert description.startswith(f"Attention received by each location in the CF-SAGAN attention layer {label}")
 
 
 def test_metrics_score_the_written_images(dvr_run):

@@ -77,7 +77,8 @@ def test_dwi_without_bvec_fails_its_participant(tmp_path, capsys):
     folder = bids / "sub-01/ses-1/dwi"
     folder.mkdir(parents=True)
     image = nb.load(bids / "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz")
-    nb.save(nb.Nifti1Image(np.ones(image.shape + (7,), np.float32), image.affine), folder / "sub-01_ses-1_dwi.nii.gz")
+    series = np.random.default_rng(0).uniform(1, 2, image.shape + (7,)).astype(np.float32)
+    nb.save(nb.Nifti1Image(series, image.affine), folder / "sub-01_ses-1_dwi.nii.gz")
     np.savetxt(folder / "sub-01_ses-1_dwi.bval", np.r_[0, np.full(6, 1000.0)][None], fmt="%g")
     argv = [str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"), "--skip-bids-validation"]
     assert cli.main(argv) == 1

@@ -77,6 +77,23 @@ def test_unet_windows_keep_any_shape():
     assert out.shape == (1, 21, 18, 13) and np.isfinite(out).all()
 
 
+def test_a_sketchers_prediction_is_reproducible_and_leaves_the_callers_random_state():
+    torch.manual_seed(0)
+    sketcher = UNet3D(2, 1, features=4, levels=2, noise_channels=1)  # draws its input z at every forward pass
+    x = np.random.default_rng(0).normal(size=(2, 12, 12, 12)).astype(np.float32)
+    state = torch.random.get_rng_state()
+    first, second = (predict_volume(sketcher, x, window=8) for _ in range(2))
+    assert np.array_equal(first, second)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    other = predict_volume(sketcher, x, window=8, seed=1)
+    assert not np.allclose(other, first)  # the seed does reach z
+    torch.manual_seed(5)
+    unseeded = predict_volume(sketcher, x, window=8, seed=None)  # the caller's generator
+    assert not torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(5)
+    assert np.array_equal(predict_volume(sketcher, x, window=8, seed=None), unseeded)
+
+
 def test_cuda_out_of_memory_falls_back_to_cpu(monkeypatch):
     real = inference._predict_windows
 

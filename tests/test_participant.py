@@ -101,9 +101,11 @@ def test_failing_participant_is_isolated(tmp_path, capsys):
     bids = write_tiny_bids(tmp_path / "bids", {"01": ["1"], "02": ["1"], "03": ["1"]})
     truncated = bids / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz"
     truncated.write_bytes(truncated.read_bytes()[:2000])
-    empty = bids / "sub-03" / "ses-1" / "anat" / "sub-03_ses-1_T1w.nii.gz"
+    empty = bids / "sub-03" / "ses-1" / "anat" / "sub-03_ses-1_T1w.nii.gz"  # passes the checks, no tissue to segment
     image = nb.load(empty)
-    nb.save(nb.Nifti1Image(np.zeros(image.shape, np.float32), image.affine), empty)
+    data = np.zeros(image.shape, np.float32)
+    data[20, 20, 20] = 1000
+    nb.save(nb.Nifti1Image(data, image.affine), empty)
     before = {p: p.stat().st_mtime_ns for p in bids.rglob("*")}
 
     out = tmp_path / "out"

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument(
         "--saliency", action="store_true",
-        help="also write the P3S saliency map of each input of the synthesis model (paper 001, §2.2)",
+        help="also write the P3S saliency map of each input of the synthesis model (paper 001, §2.2) and, for "
+             "CF-SAGAN models, the attention map of each attention layer (thesis 003, §4.2.2)",
     )
 
     resources = parser.add_argument_group("Resources")

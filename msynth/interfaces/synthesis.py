@@ -30,14 +30,22 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="input images on the brain mask's grid")
     brain_mask = File(exists=True, mandatory=True, desc="brain mask; its grid is the output's")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="where the network runs")
-    saliency = traits.Bool(False, usedefault=True, desc="also write the P3S map of each input")
+    saliency = traits.Bool(False, usedefault=True,
+                           desc="also write the P3S map of each input and the map of each CF-SAGAN attention layer")
+    companion_entities = traits.Dict(traits.Str, traits.Str,
+                                     desc="entities every saliency map's name shares (tracer, space); each adds a desc")
     target = File(exists=True, desc="the acquired output image, for the P3S maps (paper 001, eq. 3)")
     omp_nthreads = traits.Int(1, usedefault=True, desc="torch CPU threads")
 
 
 class _SynthesizeOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="synthetic image")
-    saliency_files = traits.List(File(exists=True), desc="P3S maps, one per input channel in the card's order")
+    saliency_files = traits.List(File(exists=True),
+                                 desc="P3S maps, one per input channel in the card's order, then attention maps, one "
+                                      "per attention layer of each stage (none for a model without attention layers)")
+    saliency_entities = traits.List(traits.Dict(traits.Str, traits.Str),
+                                    desc="name entities of each saliency map: companion_entities and its desc")
+    saliency_metadata = traits.List(traits.Dict, desc="sidecar of each saliency map (its Description)")
     metadata = traits.Dict(desc="model and settings, for the sidecar")
 
 
@@ -52,19 +60,28 @@ class SynthesizeImage(SimpleInterface):
 
         from msynth.models.card import TARGETS, channels_of, read_card
         from msynth.models.inference import synthesize
-        from msynth.models.saliency import write_p3s_maps
+        from msynth.models.saliency import (ATTENTION_DESCRIPTION, P3S_DESCRIPTION, write_attention_maps,
+                                            write_p3s_maps)
 
         torch.set_num_threads(self.inputs.omp_nthreads)
         images = dict(zip(self.inputs.keys, self.inputs.in_files, strict=True))
         card = read_card(self.inputs.model_dir)
         self._results["out_file"] = str(synthesize(self.inputs.model_dir, images, self.inputs.brain_mask,
                                                    newpath=runtime.cwd, device=self.inputs.device, progress=False))
-        self._results["saliency_files"] = []
+        saliency = []  # (file, desc, Description) of each map
         if self.inputs.saliency:
-            maps = write_p3s_maps(self.inputs.model_dir, images, self.inputs.brain_mask, newpath=runtime.cwd,
-                                  target=self.inputs.target if isdefined(self.inputs.target) else None,
-                                  device=self.inputs.device)
-            self._results["saliency_files"] = [str(maps[channel]) for channel in channels_of(card.inputs)]
+            p3s = write_p3s_maps(self.inputs.model_dir, images, self.inputs.brain_mask, newpath=runtime.cwd,
+                                 target=self.inputs.target if isdefined(self.inputs.target) else None,
+                                 device=self.inputs.device)
+            attention = write_attention_maps(self.inputs.model_dir, images, self.inputs.brain_mask,
+                                             newpath=runtime.cwd, device=self.inputs.device)
+            saliency = [(p3s[channel], f"P3S{channel}", P3S_DESCRIPTION) for channel in channels_of(card.inputs)]
+            saliency += [(path, f"attention{label}", ATTENTION_DESCRIPTION.format(label=label))
+                         for label, path in attention.items()]
+        shared = self.inputs.companion_entities if isdefined(self.inputs.companion_entities) else {}
+        self._results["saliency_files"] = [str(path) for path, _, _ in saliency]
+        self._results["saliency_entities"] = [{**shared, "desc": desc} for _, desc, _ in saliency]
+        self._results["saliency_metadata"] = [{"Description": description} for _, _, description in saliency]
         self._results["metadata"] = {
             "Model": {"Name": card.name, "Target": TARGETS[card.target].channel, "Inputs": card.inputs,
                       "Stages": [{"Name": stage.name, "Architecture": stage.network.architecture}

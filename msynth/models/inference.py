@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -30,8 +31,8 @@ from torch import nn
 from msynth.models.card import CARD_NAME, TARGETS, ModelCard, channels_of, read_card
 from msynth.models.data import normalise
 
-__all__ = ["StageChain", "load_model", "predict_volume", "read_inputs", "receptive_halo", "select_device",
-           "synthesize"]
+__all__ = ["LoadedModel", "StageChain", "load_model", "load_model_and_inputs", "predict_volume", "read_inputs",
+           "receptive_halo", "select_device", "synthesize", "write_map"]
 
 LOGGER = logging.getLogger("msynth.models")
 
@@ -225,6 +226,7 @@ def predict_volume(
     halo: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    seed: int | None = 0,
 ) -> np.ndarray:
     """Predict a whole volume window by window.
 
@@ -247,6 +249,10 @@ def predict_volume(
         warning.
     progress
         Show MONAI's progress bar over windows.
+    seed
+        Seed of the noise a Sketcher draws as its input z (thesis 003 eq. 3.2), the only random part of a
+        prediction: the same inputs give the same prediction on every run, and the caller's random state is left
+        as it was. ``None`` draws from the caller's generator instead (the training loop, which seeds it itself).
 
     Returns
     -------
@@ -254,6 +260,12 @@ def predict_volume(
         ``(out_channels, X, Y, Z)`` float32.
     """
     device = torch.device(device)
+    if seed is not None:
+        cuda = device.type == "cuda" and torch.cuda.is_available()
+        with torch.random.fork_rng(devices=[device.index or 0] if cuda else []):
+            torch.manual_seed(seed)
+            return predict_volume(model, data, window=window, overlap=overlap, halo=halo, device=device,
+                                  progress=progress, seed=None)
     halo = receptive_halo(model) if halo is None else int(halo)
     x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
     multiple = _multiple(model)
@@ -303,6 +315,46 @@ def read_inputs(card: ModelCard, images: Mapping[str, str | PathLike[str]], refe
     return np.stack(arrays)
 
 
+class LoadedModel(NamedTuple):
+    """A model folder's network on its device and a session's normalised inputs on the brain mask's grid."""
+
+    card: ModelCard
+    model: nn.Module
+    device: torch.device
+    mask_img: nib.Nifti1Image
+    mask: np.ndarray
+    inputs: np.ndarray
+
+
+def load_model_and_inputs(
+    model_dir: str | PathLike[str],
+    images: Mapping[str, str | PathLike[str]],
+    brain_mask: str | PathLike[str],
+    device: str,
+) -> LoadedModel:
+    """Load a model (``device`` through :func:`select_device`) and normalise its inputs
+    inside the brain as its card says, as :func:`synthesize` does."""
+    torch_device = select_device(device)
+    card, model = load_model(model_dir, torch_device)
+    mask_img = nib.load(brain_mask)
+    mask = np.asarray(mask_img.dataobj) > 0
+    raw = read_inputs(card, images, mask_img)
+    inputs = normalise(raw, mask, channels_of(card.inputs), card.normalisation, card.intensity_normalisation)
+    return LoadedModel(card, model, torch_device, mask_img, mask, inputs)
+
+
+def write_map(values: np.ndarray, mask_img: nib.Nifti1Image, path: Path) -> Path:
+    """Write ``values`` (on the grid of ``mask_img``) as float32, 0 outside the mask."""
+    header = mask_img.header.copy()
+    header.set_data_dtype(np.float32)
+    mask = np.asarray(mask_img.dataobj) > 0
+    img = nib.Nifti1Image((values * mask).astype(np.float32), mask_img.affine, header)
+    img.header.set_slope_inter(1, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.to_filename(path)
+    return path
+
+
 def synthesize(
     model_dir: str | PathLike[str],
     images: Mapping[str, str | PathLike[str]],
@@ -348,25 +400,13 @@ def synthesize(
     pathlib.Path
         float32 image on the grid of ``brain_mask``.
     """
-    torch_device = select_device(device)
-    card, model = load_model(model_dir, torch_device)
-    mask_img = nib.load(brain_mask)
-    mask = np.asarray(mask_img.dataobj) > 0
-    raw = read_inputs(card, images, mask_img)
-    in_channels = channels_of(card.inputs)
-    data = normalise(raw, mask, in_channels, card.normalisation, card.intensity_normalisation)
+    loaded = load_model_and_inputs(model_dir, images, brain_mask, device)
+    card = loaded.card
     LOGGER.info("model %s (%s → %s) on %s, %s windows", card.name, "+".join(card.inputs), card.target,
-                torch_device, window)
+                loaded.device, window)
     show = sys.stderr.isatty() if progress is None else progress
-    predicted = predict_volume(model, data, window=window, overlap=overlap, device=torch_device, progress=show)[0]
+    predicted = predict_volume(loaded.model, loaded.inputs, window=window, overlap=overlap, device=loaded.device,
+                               progress=show)[0]
     stats = card.normalisation[TARGETS[card.target].channel]
-    result = np.clip(predicted * stats.std + stats.mean, 0, None) * mask
-    newpath = Path(newpath)
-    newpath.mkdir(parents=True, exist_ok=True)
-    out_file = newpath / (out_name or f"{card.name}_{card.target}.nii.gz")
-    header = mask_img.header.copy()
-    header.set_data_dtype(np.float32)
-    out = nib.Nifti1Image(result.astype(np.float32), mask_img.affine, header)
-    out.header.set_slope_inter(1, 0)
-    out.to_filename(out_file)
-    return out_file
+    result = np.clip(predicted * stats.std + stats.mean, 0, None)
+    return write_map(result, loaded.mask_img, Path(newpath) / (out_name or f"{card.name}_{card.target}.nii.gz"))

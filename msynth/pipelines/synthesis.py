@@ -54,7 +54,8 @@ def init_synthesis_wf(
     omp_nthreads
         torch CPU threads.
     saliency
-        Also write the P3S map of each input channel (paper 001, §2.2).
+        Also write the P3S map of each input channel (paper 001, §2.2) and, for a model with CF-SAGAN stages, the
+        attention map of each of their attention layers (thesis 003 §4.2.2; see :mod:`msynth.models.saliency`).
     target_acquired
         ``inputnode.acquired`` will hold the acquired target: the P3S maps then measure the prediction's error
         against it (paper 001 eq. 3) rather than the prediction itself.
@@ -89,7 +90,7 @@ def init_synthesis_wf(
     gather_inputs = pe.Node(niu.Merge(len(channels)), name="gather_inputs", run_without_submitting=True)
     synthesize = pe.Node(
         SynthesizeImage(model_dir=str(model_dir), keys=channels, device=device, saliency=saliency,
-                        omp_nthreads=omp_nthreads),
+                        companion_entities=companion_entities(target), omp_nthreads=omp_nthreads),
         name="synthesize", n_procs=omp_nthreads, mem_gb=4,
     )
     sink = {"base_directory": str(output_dir), "source_file": str(t1w), "datatype": target.datatype}
@@ -132,13 +133,14 @@ def init_synthesis_wf(
         ])  # fmt: skip
 
     if saliency:
+        # P3S maps, then attention maps (CF-SAGAN stages): their names and descriptions come with them
         ds_saliency = pe.MapNode(
-            DerivativesDataSink(**sink, suffix="saliency",
-                                metadata={**reference, "Description": "P3S saliency map of one input (paper 001 "
-                                          "§2.2): |d(prediction error)/d(input)|, normalised inputs."}),
-            iterfield=["in_file", "entities"], name="ds_saliency", run_without_submitting=True,
+            DerivativesDataSink(**sink, suffix="saliency", metadata=reference),
+            iterfield=["in_file", "entities", "run_metadata"], name="ds_saliency", run_without_submitting=True,
         )
-        ds_saliency.inputs.entities = [{**companion_entities(target), "desc": f"P3S{channel}"} for channel in channels]
+        workflow.connect([
+            (synthesize, ds_saliency, [("saliency_entities", "entities"), ("saliency_metadata", "run_metadata")]),
+        ])  # fmt: skip
         if on_t1w_grid:
             workflow.connect([(synthesize, ds_saliency, [("saliency_files", "in_file")])])
         else:

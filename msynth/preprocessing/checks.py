@@ -3,6 +3,12 @@
 Every check raises :class:`InputImageError` with one message that names the subject, session and modality (the
 ``label``), the cause, what to do about it, and the file, so that the participant can be marked as failed with a
 message a user can act on, while the other participants go on.
+
+Two levels: :func:`check_image` asks whether a file is a usable NIfTI image at all (readable, the expected number of
+dimensions, finite, a sound and present orientation) and is run wherever msynth reads an image, masks and
+intermediate files included; :func:`check_input_image` adds what a session's raw image must also be — a plausible
+brain acquisition (:func:`check_geometry`) that holds an image (:func:`check_content`) — and is run on every image
+of a session before any work.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import gzip
 import json
 import logging
 import math
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -28,6 +35,30 @@ QFORM_SFORM_TOLERANCE_MM = 0.1
 
 #: b-values at or below this (s/mm²) count as b=0 volumes (scanners often store b=5 or b=10 for the b=0 images).
 B0_THRESHOLD = 50.0
+
+#: Voxel sides (mm) accepted for a session's images. Real MR and PET voxels lie between about 0.2 mm (high-resolution
+#: in-plane) and 8 mm (2-D slices with a gap, older PET); values outside say that the header is wrong — a unit
+#: error (µm or cm written as mm) or a missing pixdim — and such an image fails late and expensively (a T1w with
+#: 100 mm voxels ran 147 s, then asked for 73.8 GiB). Issue 17 proposed 10 mm as the upper bound; it is 12 mm
+#: because the project's own 4 mm test phantom (``msynth-phantom --voxel-size 4``) scales the 3 mm slices of its
+#: 2-D T2w, PDw and T1SE protocols to 12 mm, and such coarse slices are harmless. A µm-as-mm error fails the lower
+#: bound; a cm-as-mm error (voxels ×10) mostly fails the field-of-view bound below.
+MIN_VOXEL_SIZE_MM = 0.1
+MAX_VOXEL_SIZE_MM = 12.0
+
+#: Field of view (voxels × voxel side, mm) accepted along each array axis. An adult head is about 140 × 170 ×
+#: 120 mm; 50 mm still admits a slab through the brain, while a scout, a few slices or a crop fall below it (a
+#: 3 × 3 × 3-voxel T2w, 9 mm, was published as an all-zero preprocessed T2w). Head MR and PET fields of view stay
+#: below about 300 mm; 400 mm admits a body-coil or whole-body PET field of view, and more means a wrong voxel size
+#: in the header (a cm-as-mm error).
+MIN_FOV_MM = 50.0
+MAX_FOV_MM = 400.0
+
+#: Fewest voxels along each of the three spatial axes. The registrations and N4 work on pyramids shrunk up to 4×
+#: (:data:`msynth.preprocessing.registration.PYRAMID`, ``N4_MAX_SHRINK``), and ITK needs at least 2 voxels per
+#: axis at the coarsest level to compute gradients and to interpolate: 4 × 2 = 8. The bounds above already imply
+#: at least 5 (50 mm / 12 mm); this catches a thick-slab acquisition of a few slices.
+MIN_VOXELS_PER_AXIS = 8
 
 _DWI_MIN_DIRECTIONS = 6
 _BVEC_NORM_TOLERANCE = 0.1
@@ -62,9 +93,12 @@ def check_image(
 
     Checks, in order: the file exists and is not empty; nibabel can read the header and the whole data block (a
     truncated or corrupt gzip fails here); no dimension has length 0; the number of dimensions, ignoring trailing
-    dimensions of length 1; all voxels are finite; the affine is finite and not singular; and, when both the qform
-    and the sform codes are > 0, that they place the corners of the field of view within ``qform_tolerance_mm`` of
-    each other.
+    dimensions of length 1 (dropped, with a logged note); all voxels are finite; the image has an orientation (its
+    qform or sform code is > 0); the affine is finite and not singular; and, when both the qform and the sform codes
+    are > 0, that they place the corners of the field of view within ``qform_tolerance_mm`` of each other.
+
+    This is what any image msynth reads must pass, masks and intermediate files included; a session's raw images
+    also go through :func:`check_input_image`.
 
     Parameters
     ----------
@@ -88,7 +122,45 @@ def check_image(
     InputImageError
         With the cause and the remedy.
     """
+    img, _ = _load_image(Path(path), label=label, expect_ndim=expect_ndim, qform_tolerance_mm=qform_tolerance_mm)
+    return img
+
+
+def check_input_image(
+    path: str | PathLike[str],
+    *,
+    label: str,
+    expect_ndim: int = 3,
+    qform_tolerance_mm: float = QFORM_SFORM_TOLERANCE_MM,
+) -> nib.Nifti1Image:
+    """Check one of a session's raw images before any work: :func:`check_image`, geometry and content.
+
+    Parameters
+    ----------
+    path, label, expect_ndim, qform_tolerance_mm
+        See :func:`check_image`.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The loaded image, as :func:`check_image` returns it.
+
+    Raises
+    ------
+    InputImageError
+        From :func:`check_image`, :func:`check_geometry` or :func:`check_content`, in that order.
+    """
     path = Path(path)
+    img, data = _load_image(path, label=label, expect_ndim=expect_ndim, qform_tolerance_mm=qform_tolerance_mm)
+    check_geometry(img, path, label=label)
+    check_content(data, path, label=label)
+    return img
+
+
+def _load_image(
+    path: Path, *, label: str, expect_ndim: int, qform_tolerance_mm: float,
+) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The checks of :func:`check_image`; returns the image and its (scaled) voxel array, read once."""
     if not path.is_file():
         raise InputImageError(label, path, "file does not exist", "check the BIDS dataset and --bids-filter-file")
     if path.stat().st_size == 0:
@@ -114,6 +186,8 @@ def check_image(
             "pass --bids-filter-file to select another run",
         )
     if shape != img.shape:
+        LOGGER.info("%s is stored with shape %s; msynth reads it as %s (trailing dimensions of length 1 dropped; "
+                    "file: %s)", label, tuple(img.shape), shape, path)
         data = data.reshape(shape)
         img = img.__class__(data, img.affine, img.header)
 
@@ -124,8 +198,112 @@ def check_image(
             "replace them (e.g. with 0) or re-convert the image",
         )
 
+    _check_orientation(img, path, label=label)
     _check_affine(img, path, label=label, tolerance_mm=qform_tolerance_mm)
-    return img
+    return img, data
+
+
+def _check_orientation(img: nib.Nifti1Image, path: Path, *, label: str) -> None:
+    """Raise when neither the qform nor the sform is set: the image has no position in the scanner.
+
+    nibabel then makes up an affine from the voxel sizes alone, and ANTs/ITK another one, so the image would be
+    placed wrongly against the session's other images without any error (a T2w so stored correlated 0.04 with a
+    clean run after registration to the T1w).
+    """
+    header = img.header
+    if "qform_code" not in header or "sform_code" not in header:
+        return  # Analyze-style header: no orientation fields to read
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        raise InputImageError(
+            label, path, "has no orientation (qform_code and sform_code are 0), so its position against the "
+            "session's other images is unknown",
+            "fix the header: re-convert the image from DICOM (e.g. with dcm2niix), or copy the qform/sform of the "
+            "image it was derived from",
+        )
+
+
+def check_geometry(img: nib.Nifti1Image, path: str | PathLike[str], *, label: str) -> None:
+    """Check that an image's voxel grid is that of a plausible brain acquisition.
+
+    Checks, in order: every voxel side (the norms of the affine's columns) within :data:`MIN_VOXEL_SIZE_MM` –
+    :data:`MAX_VOXEL_SIZE_MM`; the field of view (voxels × voxel side) within :data:`MIN_FOV_MM` –
+    :data:`MAX_FOV_MM` along each spatial axis; at least :data:`MIN_VOXELS_PER_AXIS` voxels along each spatial axis.
+    The first three dimensions are the spatial ones; a 4th (volumes, frames) is not checked.
+
+    Parameters
+    ----------
+    img
+        The image, as :func:`check_image` returns it.
+    path
+        The file, named in the message.
+    label
+        Prefix for messages naming subject, session and modality.
+
+    Raises
+    ------
+    InputImageError
+        With the offending sizes and the accepted range.
+    """
+    shape = np.asarray(img.shape[:3])
+    # Headers store float32: a 12 mm voxel may read as 12.000001 mm. Sizes within 1e-4 (relative) of a bound pass.
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    fov = shape * zooms
+    if _outside(zooms, MIN_VOXEL_SIZE_MM, MAX_VOXEL_SIZE_MM):
+        raise InputImageError(
+            label, path, f"has voxels of {_sizes(zooms)} mm; msynth accepts voxel sides of "
+            f"{MIN_VOXEL_SIZE_MM:g}–{MAX_VOXEL_SIZE_MM:g} mm",
+            "check the voxel size in the header (pixdim and the qform/sform; a unit error, µm or cm stored as mm, "
+            "gives such values)",
+        )
+    if _outside(fov, MIN_FOV_MM, MAX_FOV_MM):
+        raise InputImageError(
+            label, path, f"has a field of view of {_sizes(fov)} mm ({_sizes(shape)} voxels of {_sizes(zooms)} mm); "
+            f"msynth accepts {MIN_FOV_MM:g}–{MAX_FOV_MM:g} mm per axis, a whole brain",
+            "pass --bids-filter-file to select a whole-brain run, or check the voxel size in the header",
+        )
+    if np.any(shape < MIN_VOXELS_PER_AXIS):
+        raise InputImageError(
+            label, path, f"has {_sizes(shape)} voxels; msynth needs at least {MIN_VOXELS_PER_AXIS} along each axis "
+            "for its registration and bias-correction pyramids",
+            "pass --bids-filter-file to select a run with more slices",
+        )
+
+
+def _outside(values: np.ndarray, low: float, high: float, rtol: float = 1e-4) -> bool:
+    """Whether any value lies outside ``[low, high]`` by more than ``rtol`` of the bound (float32 header rounding)."""
+    return bool(np.any(values < low * (1 - rtol)) or np.any(values > high * (1 + rtol)))
+
+
+def _sizes(values: np.ndarray) -> str:
+    """``0.3 × 0.3 × 6``: sizes or counts per axis for a message, 3 significant digits."""
+    return " × ".join(f"{float(v):.3g}" for v in values)
+
+
+def check_content(data: np.ndarray, path: str | PathLike[str], *, label: str) -> None:
+    """Check that an image holds an image: not all zero, not one constant value.
+
+    Non-finite voxels are refused earlier, by :func:`check_image`. A 4-D series is judged as a whole.
+
+    Parameters
+    ----------
+    data
+        The voxel values (after the header's scaling), e.g. ``np.asanyarray(img.dataobj)``.
+    path
+        The file, named in the message.
+    label
+        Prefix for messages naming subject, session and modality.
+
+    Raises
+    ------
+    InputImageError
+        Naming the value that fills the image.
+    """
+    low, high = float(np.min(data)), float(np.max(data))
+    if low != high:
+        return
+    cause = "is all zero" if low == 0 else f"is constant (every voxel is {low:g})"
+    raise InputImageError(label, path, f"{cause}: it holds no image",
+                          "re-export or re-convert the image (check the DICOM conversion), or remove it")
 
 
 def _check_affine(img: nib.Nifti1Image, path: Path, *, label: str, tolerance_mm: float) -> None:
@@ -180,6 +358,9 @@ def check_dwi(
         b-values at or below this count as b=0; at least one b=0 volume and six diffusion-weighted volumes are needed
         for a tensor fit, and the diffusion-weighted volumes need unit-norm vectors (±10 %).
 
+    Both files must hold finite numbers only, one per volume (``.bvec``: three per volume), and the b-values must be
+    ≥ 0 (a negative b-value fits without error and gives nonsense: −1000 raised FA by 286 %).
+
     Returns
     -------
     bvals : numpy.ndarray, shape (N,)
@@ -204,6 +385,12 @@ def check_dwi(
         raise InputImageError(label, bvec,
                               f".bvec has {bvecs.shape[1]} vectors but the DWI has {n_volumes} volumes",
                               "use the .bvec written with this series")
+    negative = np.flatnonzero(bvals < 0)
+    if negative.size:
+        first = negative[0]
+        raise InputImageError(label, bval, f".bval has {negative.size} negative b-value(s) (the first: "
+                              f"{bvals[first]:g} at volume {first}, counting from 0); b-values are ≥ 0 s/mm²",
+                              "fix the .bval file (a sign error, or the file of another series)")
     weighted = bvals > b0_threshold
     if not np.any(~weighted):
         raise InputImageError(label, bval, f"has no b=0 volume (b ≤ {b0_threshold:g} s/mm²)",
@@ -220,17 +407,24 @@ def check_dwi(
 
 
 def _read_table(path: str | PathLike[str] | None, *, label: str, kind: str) -> np.ndarray:
-    """Read a whitespace-separated numeric text file, translating failures into InputImageError."""
+    """Read a whitespace-separated table of finite numbers, translating failures into InputImageError."""
     if path is None or not Path(path).is_file():
         raise InputImageError(label, path or f"<no {kind}>", f"has no {kind} file",
                               f"add the {kind} beside the DWI series (BIDS requires it)")
     try:
-        table = np.loadtxt(path, ndmin=2)
-    except ValueError as exc:
-        raise InputImageError(label, path, f"{kind} is not a table of numbers ({exc})",
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below as empty
+            table = np.loadtxt(path, ndmin=2)
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError (a binary file) is a ValueError
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputImageError(label, path, f"{kind} is not a table of numbers ({cause})",
                               f"fix or re-export the {kind} file") from exc
     if table.size == 0:
         raise InputImageError(label, path, f"{kind} is empty", f"fix or re-export the {kind} file")
+    n_bad = int(table.size - np.count_nonzero(np.isfinite(table)))
+    if n_bad:
+        raise InputImageError(label, path, f"{kind} has {n_bad} non-finite value(s) (NaN/Inf)",
+                              f"fix or re-export the {kind} file")
     return table
 
 

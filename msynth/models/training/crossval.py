@@ -195,7 +195,8 @@ def add_sketches(volumes: Sequence[Volume], model: nn.Module, *, inputs: Sequenc
         x = normalise(volume.take(inputs), volume.mask, inputs, normalisation, config.intensity_normalisation)
         if volume.sketch is not None:
             x = np.concatenate([x, volume.sketch])
-        sketch = predict_volume(model, x, window=config.window, overlap=0.5, device=device) * volume.mask
+        sketch = predict_volume(model, x, window=config.window, overlap=0.5, device=device,
+                                seed=None) * volume.mask
         sketched.append(dataclasses.replace(volume, sketch=sketch.astype(np.float32)))
     return sketched
 

@@ -160,7 +160,7 @@ def validation_error(model: nn.Module, prepared: Sequence[Prepared], *, window: 
 
     total = count = 0.0
     for x, y, mask in prepared:
-        predicted = predict_volume(model, x, window=window, overlap=0.25, device=device)
+        predicted = predict_volume(model, x, window=window, overlap=0.25, device=device, seed=None)
         total += float(np.square(predicted[:, mask] - y[:, mask]).astype(np.float64).sum())
         count += float(mask.sum()) * y.shape[0]
     return total / count
