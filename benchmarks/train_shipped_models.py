@@ -109,16 +109,16 @@ LESJAK_TRAINING = ["--features", "32", "--optimizer", "adam", "--lr", "1e-3", "-
                    "--patch-size", "48", "--patches-per-session", "4", "--voxel-size", "2", "--seed", "42",
                    "--device", "cpu", "--nprocs", "2"]
 
-#: DVR models (thesis 003 methods, ``msynth-train dvr --method``): the Refiner cGAN (ch. 3) and the Refiner CF-SAGAN
-#: (ch. 4), the thesis's settings (Adam 1e-4 / 5e-5, one Refiner, the losses and adversarial steps of
-#: ``msynth.models.training.methods``) but sized for this 2-core machine without GPU: trained at 4 mm (the
-#: phantom's 2.44 mm PET voxel at ``--voxel-size 2``, doubled, as the issue allows), generators narrowed (U-Net 16
-#: maps instead of 32, CF-SAGAN 8 instead of 16), 32^3 patches, and a few epochs: a 32^3 generator-plus-two-
-#: discriminator step takes 1-2.5 s on one core, and the CF-SAGAN trains on every patch of a 50 %-overlap grid
-#: (396 per epoch here) with rotations and scalings. No cross-validation (``--folds 0``; early stopping on an inner
-#: subject split never fires within so few epochs): ``benchmarks/dvr_methods.py`` cross-validates the methods.
-DVR_MODELS = {"dvr-refiner-cgan-phantom": ["--method", "refiner-cgan", "--features", "16", "--epochs", "10"],
-              "dvr-refiner-cf-sagan-phantom": ["--method", "refiner-cf-sagan", "--features", "8", "--epochs", "4"]}
+#: DVR models (thesis 003 methods, ``msynth-train dvr --method``): the Refiner cGAN (ch. 3), with the thesis's
+#: settings (Adam 1e-4 / 5e-5, one Refiner, the losses and adversarial steps of ``msynth.models.training.methods``)
+#: but sized for this 2-core machine without GPU: trained at 4 mm (the phantom's 2.44 mm PET voxel at
+#: ``--voxel-size 2``, doubled, as the issue allows), U-Nets of 16 maps instead of 32, 32^3 patches, 10 epochs per
+#: stage (a generator-plus-discriminator step on a 32^3 patch takes 1-2.5 s on one core). No cross-validation
+#: (``--folds 0``, early stopping on an inner subject split): ``benchmarks/dvr_methods.py`` cross-validates the
+#: methods. The Refiner CF-SAGAN is not shipped: at 8 maps, 2 epochs per stage (the most that fit: it trains on every
+#: patch of a 50 %-overlap grid, 396 per epoch here) it scored worse than this model on a fresh cohort
+#: (benchmarks/results/shipped_models.md); ``--method refiner-cf-sagan`` trains it.
+DVR_MODELS = {"dvr-refiner-cgan-phantom": ["--method", "refiner-cgan", "--features", "16", "--epochs", "10"]}
 DVR_TRAINING = ["--folds", "0", "--voxel-size", "4", "--patch-size", "32", "--patches-per-session", "4",
                 "--seed", "42", "--device", "cpu"]
 DVR_SOURCE = ("msynth-phantom synthetic MS cohort: generate_cohort(n_controls=10, n_patients=18, voxel_size=2, "

@@ -78,8 +78,10 @@ def check_inputs(data: SessionData) -> None:
     if "DWI" in data.files:
         check_dwi(data.files["DWI"], *data.gradients, label=f"{data.label}: DWI")
     if "PET" in data.files:
-        pet = data.files["PET"]
-        check_pet_timing(data.metadata["PET"], nb.load(pet).shape[3], label=f"{data.label}: PET", source=pet)
+        pet = Path(data.files["PET"])
+        sidecar = pet.with_name(pet.name.split(".")[0] + ".json")  # the file to fix (BIDS inheritance aside)
+        check_pet_timing(data.metadata["PET"], nb.load(pet).shape[3], label=f"{data.label}: PET",
+                         source=sidecar if sidecar.is_file() else pet)
     if data.lesion_mask is not None:
         check_lesion_mask(data.lesion_mask.mask, data.lesion_mask.image)
 

@@ -143,5 +143,5 @@ def test_pet_frame_timing_is_checked_with_bids_inheritance(tmp_path):
     check_inputs(collect_session(open_layout(root), "01", "1", load_filter_file(None)))
 
     (root / "trc-PIB_pet.json").unlink()
-    with pytest.raises(InputImageError, match=r"^sub-01 ses-1: PET sidecar has no FrameTimesStart — .*pet\.nii\.gz\)$"):
+    with pytest.raises(InputImageError, match=r"^sub-01 ses-1: PET sidecar has no FrameTimesStart — .*_pet\.json\)$"):
         check_inputs(collect_session(open_layout(root), "01", "1", load_filter_file(None)))

@@ -41,25 +41,36 @@ MODEL_DIRS = shipped_models()
 
 def test_models_are_shipped():
     names = {p.name for p in MODEL_DIRS}
-    assert {"flair-fcn-phantom", "flair-fcn-lesjak-t1t2"} <= names
-    assert {p.name for p in shipped_models()} >= names
+    assert {"flair-fcn-phantom", "flair-fcn-lesjak-t1t2", "dvr-refiner-cgan-phantom"} <= names
 
 
 @pytest.mark.parametrize("model_dir", MODEL_DIRS, ids=lambda p: p.name)
 def test_card_reads_and_weights_load(model_dir):
     card = read_card(model_dir)
     assert card.name == model_dir.name
-    assert card.output == "FLAIR"
+    assert card.output in ("FLAIR", "PET")
     assert set(card.inputs) <= set(MODALITY_KEYS) and card.inputs
-    assert "msynth-train flair" in card.training.command
+    assert f"msynth-train {card.target.lower()}" in card.training.command
     assert card.training.data_source and card.training.data_license
     _, model = load_model(model_dir)
     channels = len(channels_of(card.inputs))
-    x = np.zeros((1, channels, 16, 16, 16), np.float32)
+    x = np.zeros((1, channels, 32, 32, 32), np.float32)  # CF-SAGAN: a multiple of 2^4 blocks x attention pooling
     import torch
 
     with torch.no_grad():
-        assert model(torch.from_numpy(x)).shape == (1, 1, 16, 16, 16)
+        assert model(torch.from_numpy(x)).shape == (1, 1, 32, 32, 32)
+
+
+@pytest.mark.parametrize("name, stages", [("dvr-refiner-cgan-phantom", ["unet", "unet"])])
+def test_dvr_models_are_sketcher_refiners_of_the_thesis(name, stages):
+    card = read_card(WEIGHTS_DIR / name)
+    assert card.target == "DVR" and card.inputs == ("MTR", "DWI")
+    assert [stage.name for stage in card.stages] == ["sketcher", "refiner"]
+    assert [stage.network.architecture for stage in card.stages] == stages
+    assert card.stages[0].network.arguments["noise_channels"] == 1  # the Sketcher's z
+    assert [stage.optimizer.lr for stage in card.stages] == [1e-4, 5e-5]  # thesis 003 §3.3.1
+    assert all(stage.adversarial is not None for stage in card.stages)
+    assert "synthetic" in card.training.data_source and card.voxel_size_mm == 4
 
 
 def test_total_size_under_limit():

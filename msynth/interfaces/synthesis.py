@@ -25,6 +25,8 @@ LOGGER = logging.getLogger("msynth.models")
 
 class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     model_dir = traits.Directory(exists=True, mandatory=True, desc="model folder (model_card.json, model.pt)")
+    model_files = InputMultiObject(File(exists=True), desc="the model's card and weights: hashed with the node's "
+                                   "inputs, so a model retrained into the same folder is run again, not reused")
     keys = traits.List(traits.Str, mandatory=True,
                        desc="input channel of each file, in order (a modality key; DWI as FA, RD and AD)")
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="input images on the brain mask's grid")

@@ -89,7 +89,9 @@ def init_synthesis_wf(
 
     gather_inputs = pe.Node(niu.Merge(len(channels)), name="gather_inputs", run_without_submitting=True)
     synthesize = pe.Node(
-        SynthesizeImage(model_dir=str(model_dir), keys=channels, device=device, saliency=saliency,
+        SynthesizeImage(model_dir=str(model_dir), model_files=sorted(str(f) for f in Path(model_dir).iterdir()
+                                                                     if f.suffix in (".json", ".pt")),
+                        keys=channels, device=device, saliency=saliency,
                         companion_entities=companion_entities(target), omp_nthreads=omp_nthreads),
         name="synthesize", n_procs=omp_nthreads, mem_gb=4,
     )
