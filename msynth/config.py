@@ -42,6 +42,8 @@ class RunConfig:
     lesion_masks: Path | None = None
     models: list[Path] = field(default_factory=list)
     saliency: bool = False
+    mem_gb: float | None = None
+    continue_on_qc_failure: bool = False
     queries: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_QUERIES))
     run_id: str = ""
     version: str = msynth.__version__
@@ -191,10 +193,8 @@ def check_labels(bids_dir: Path, kind: str, requested: list[str] | None) -> list
     return list(dict.fromkeys(requested))
 
 
-def _omp_nthreads(requested: int | None, nprocs: int) -> int:
-    """Threads per node: the request capped at nprocs (a node asking for more could never be scheduled)."""
-    if requested is None:
-        return min(nprocs, 8)
+def _omp_nthreads(requested: int, nprocs: int) -> int:
+    """Threads per network node: the request capped at nprocs (a node asking for more could never be scheduled)."""
     if requested > nprocs:
         LOGGER.warning("--omp-nthreads %d exceeds --nprocs %d; using %d threads per node", requested, nprocs, nprocs)
     return min(requested, nprocs)
@@ -222,6 +222,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         lesion_masks=check_lesion_masks(args.lesion_masks),
         models=check_models(args.models),
         saliency=args.saliency,
+        mem_gb=args.mem_gb,
+        continue_on_qc_failure=args.continue_on_qc_failure,
         queries=queries,
         run_id=new_run_id(),
     )

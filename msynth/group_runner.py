@@ -46,7 +46,7 @@ def run_group_level(config: RunConfig, *, on_start: Callable[[], None] = lambda:
             LOGGER.warning("%s has %d sessions: the indices use the first two (%s)", patient.participant_id,
                            len(patient.sessions), ", ".join(s.session for s in patient.sessions[:2]))
     staging = config.output_dir / STAGING_FOLDER / f"{config.run_id}_group"
-    workflow = init_group_wf(inputs=inputs, output_dir=staging, omp_nthreads=config.omp_nthreads)
+    workflow = init_group_wf(inputs=inputs, output_dir=staging)
     write_dataset_description(config.output_dir, config.bids_dir)
     crashes = config.output_dir / "logs" / f"group-{config.run_id}"
     reason, _files = execute(workflow, config=config, crashes=crashes)

@@ -1,18 +1,25 @@
 """Participant-level execution: one Nipype workflow per participant, isolated from the others.
 
 Each participant runs in its own workflow so that a failure (bad input, a crashing node) is caught,
-reported with its reason and crash files, and does not stop the next participant. Outputs are written
-to a staging folder inside the output directory and moved into place only when the participant
-finished cleanly: the derivatives hold whole participants or nothing new.
+reported with its reason and crash files, and does not stop the next participant — a full disk included:
+one line names the path and the free space, the participant's partial files are removed, and the next
+participant is tried. Outputs are written to the participant's staging folder inside the output directory
+(:class:`~msynth.utils.derivatives.Staging`, locked for the run) and linked into place only when the
+participant finished cleanly: the derivatives hold whole files, and a participant's new files only once
+all of them are made.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import errno
 import logging
+import re
 import shutil
+import subprocess
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,17 +29,24 @@ from nipype.pipeline import engine as pe
 
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
-from msynth.preprocessing.checks import check_dwi, check_input_image, check_pet_timing
+from msynth.models.card import read_card
+from msynth.models.selection import shipped_models
+from msynth.preprocessing.checks import check_dwi, check_input_image, check_memory, check_pet_timing
 from msynth.segmentation.lesions import check_lesion_mask
 from msynth.utils.bids import SessionData, collect_session, report_session
-from msynth.utils.derivatives import atomic_write_text, publish_staged, write_dataset_description
+from msynth.utils.derivatives import STAGING_FOLDER, Staging, StagingBusy, atomic_write_text, write_dataset_description
 from msynth.utils.lesion_masks import find_lesion_mask
+
+__all__ = ["NO_SPACE", "STAGING_FOLDER", "ParticipantOutcome", "check_inputs", "crash_dir", "error_reason", "execute",
+           "multiproc_arguments", "no_space_reason", "participant_sessions", "resolve_device", "run_participant",
+           "run_participant_level", "summarise"]
 
 LOGGER = logging.getLogger("msynth.runner")
 
-STAGING_FOLDER = ".msynth-staging"
 #: Modalities stored as 4-D series (every other modality is one 3-D volume).
 SERIES_KEYS = frozenset({"DWI", "PET"})
+#: errno values of a full file system (or a quota or file-size limit reached), in the words of the one-line reason.
+NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
 
 
 @dataclass
@@ -44,6 +58,8 @@ class ParticipantOutcome:
     reason: str = ""
     published: list[Path] = field(default_factory=list)
     crash_files: list[Path] = field(default_factory=list)
+    #: ``(session label, reason)`` of each session that was left out, e.g. for want of a T1w image.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def participant_sessions(layout: BIDSLayout, label: str, sessions: list[str] | None) -> list[str | None]:
@@ -63,18 +79,67 @@ def run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Partic
     """Build and run the workflow of one participant; never raises."""
     try:
         return _run_participant(config, layout, label)
+    except StagingBusy as err:
+        LOGGER.error("sub-%s not processed: %s", label, err)
+        return ParticipantOutcome(label=label, ok=False, reason=str(err))
     except Exception as err:  # noqa: BLE001 - isolate the participant whatever went wrong
-        reason = str(err) or type(err).__name__
+        reason = error_reason(err, config)
         report = crash_dir(config, label) / "error.txt"
-        atomic_write_text(report, f"sub-{label}: {reason}\n\n{traceback.format_exc()}")
+        try:
+            atomic_write_text(report, f"sub-{label}: {reason}\n\n{traceback.format_exc()}")
+        except OSError:  # a full disk, most likely: the reason says what matters
+            LOGGER.error("sub-%s failed: %s (its error report could not be written either)", label, reason)
+            return ParticipantOutcome(label=label, ok=False, reason=reason)
         LOGGER.error("sub-%s failed: %s (details in %s)", label, reason, report)
         return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=[report])
 
 
-def check_inputs(data: SessionData) -> None:
-    """Check every image of a session before any work; raises InputImageError naming the file and the cause."""
-    for key, path in data.files.items():
-        check_input_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
+def error_reason(err: BaseException, config: RunConfig) -> str:
+    """One line for an exception: a full file system is named with its path and the free space left."""
+    if isinstance(err, OSError) and err.errno in NO_SPACE:
+        return no_space_reason(err.errno, _path_written(err), config)
+    return str(err) or type(err).__name__
+
+
+def _path_written(err: BaseException | None) -> str | None:
+    """The file an OSError names; else the one named by the errors it was handling (Nipype failing to write the
+    crash report of a node that met the full disk first)."""
+    while err is not None:
+        if isinstance(err, OSError) and err.filename:
+            return str(err.filename)
+        match = _ERRNO_LINE.search(str(err).strip().rsplit("\n", 1)[-1])
+        if match and match["path"]:
+            return match["path"]
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def no_space_reason(code: int, path: str | None, config: RunConfig) -> str:
+    """What a full file system stopped, the free space of the two folders msynth writes to, and what to do."""
+    free = ", ".join(f"{what} {folder}: {_free_space(folder)} free"
+                     for what, folder in (("OUTPUT_DIR", config.output_dir), ("work directory", config.work_dir)))
+    where = f" writing {path}" if path else ""
+    return f"{NO_SPACE[code]}{where} ({free}) — free some space, or choose folders on a larger file system, and rerun"
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**30:.1f} GiB" if free >= 2**30 else f"{free / 2**20:.0f} MiB"
+
+
+def check_inputs(data: SessionData, *, mem_gb: float | None = None, model_voxel_sizes: Sequence[float] = ()) -> None:
+    """Check every image of a session before any work; raises InputImageError naming the file and the cause.
+
+    ``mem_gb`` is the memory budget (``--mem-gb``; None: what this job may use) that the session's estimated peak,
+    on its largest grid (the T1w, or its field of view at a model's ``model_voxel_sizes``), must fit in.
+    """
+    images = {key: check_input_image(path, label=f"{data.label}: {key}", expect_ndim=4 if key in SERIES_KEYS else 3)
+              for key, path in data.files.items()}
+    check_memory(images["T1w"], data.files["T1w"], label=f"{data.label}: T1w", model_voxel_sizes=model_voxel_sizes,
+                 budget_gb=mem_gb)
     if "DWI" in data.files:
         check_dwi(data.files["DWI"], *data.gradients, label=f"{data.label}: DWI")
     if "PET" in data.files:
@@ -86,51 +151,61 @@ def check_inputs(data: SessionData) -> None:
         check_lesion_mask(data.lesion_mask.mask, data.lesion_mask.image)
 
 
+#: Why a session without a T1w image is left out.
+NO_T1W = ("no T1w image, and every stage needs the T1w reference — check the dataset or the T1w query of "
+          "--bids-filter-file")
+
+
 def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
     requested = participant_sessions(layout, label, config.sessions)
     if not requested:
         LOGGER.info("sub-%s has none of the requested sessions (%s); nothing to do", label, " ".join(config.sessions))
         return ParticipantOutcome(label=label, ok=True)
-    sessions = []
+    sessions, skipped = [], []
+    cards = [read_card(model) for model in config.models or shipped_models()]
+    model_voxel_sizes = [card.voxel_size_mm for card in cards if card.voxel_size_mm]
     for session in requested:
         data = collect_session(layout, label, session, config.queries)
         if config.lesion_masks is not None:
             data.lesion_mask = find_lesion_mask(config.lesion_masks, data)
         LOGGER.info(report_session(data))
         if "T1w" not in data.files:
-            LOGGER.warning("%s skipped: no T1w image, and every stage needs the T1w reference", data.label)
+            LOGGER.warning("%s skipped: %s", data.label, NO_T1W)
+            skipped.append((session, NO_T1W))
             continue
-        check_inputs(data)
+        check_inputs(data, mem_gb=config.mem_gb, model_voxel_sizes=model_voxel_sizes)
         sessions.append(data)
     if not sessions:
         raise ValueError("no session with a T1w image — check the dataset or the T1w query of --bids-filter-file")
 
-    staging = config.output_dir / STAGING_FOLDER / f"{config.run_id}_sub-{label}"
-    workflow = init_participant_wf(
-        sessions=sessions,
-        bids_dir=config.bids_dir,
-        output_dir=staging,
-        omp_nthreads=config.omp_nthreads,
-        device=config.device,
-        models=config.models,
-        saliency=config.saliency,
-        name=f"sub_{label}_wf",
-    )
-    reason, crash_files = execute(workflow, config=config, crashes=crash_dir(config, label))
-    if reason is not None:
+    with Staging(config.output_dir, f"sub-{label}", config.run_id) as staging:
+        workflow = init_participant_wf(
+            sessions=sessions,
+            bids_dir=config.bids_dir,
+            output_dir=staging.folder,
+            omp_nthreads=config.omp_nthreads,
+            device=config.device,
+            models=config.models,
+            saliency=config.saliency,
+            continue_on_qc_failure=config.continue_on_qc_failure,
+            name=f"sub_{label}_wf",
+        )
+        reason, crash_files = execute(workflow, config=config, crashes=crash_dir(config, label))
+        publication = None if reason is not None else staging.publish()
+    if publication is None:  # logged once the staging folder is gone: on a full disk, that made room for the log
         LOGGER.error("sub-%s failed: %s (crash reports in %s)", label, reason, crash_dir(config, label))
-        shutil.rmtree(staging, ignore_errors=True)
-        return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=crash_files)
-    published = publish_staged(staging, config.output_dir)
-    LOGGER.info("sub-%s finished: %d files written to %s", label, len(published), config.output_dir)
-    return ParticipantOutcome(label=label, ok=True, published=published)
+        return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=crash_files, skipped=skipped)
+    LOGGER.info("sub-%s finished: %d files in %s, %d of them new or changed", label,
+                len(publication.written) + len(publication.unchanged), config.output_dir, len(publication.written))
+    return ParticipantOutcome(label=label, ok=True, published=publication.written, skipped=skipped)
 
 
 def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path) -> tuple[str | None, list[Path]]:
     """Run a workflow under ``WORK_DIR/msynth_wf`` with text crash reports in ``crashes``.
 
-    Returns None and no files when it finished, else the reason (each crashed node and its last error line) and the
-    crash reports.
+    Returns None and no files when it finished, else the reason (the crashed nodes and their last error line, nodes
+    that failed alike named together) and the crash reports. Nipype's own crash messages, tracebacks included, stay
+    out of the console (they are in the crash reports; ``-v`` shows them): the caller's one line says what failed.
     """
     workflow.base_dir = str(config.work_dir / "msynth_wf")
     workflow.config["execution"].update(
@@ -142,12 +217,32 @@ def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path) -> tuple
         }
     )
     plugin, plugin_args = ("Linear", {}) if config.nprocs == 1 else ("MultiProc", multiproc_arguments(config.nprocs))
+    quiet = _HideNipypeCrashMessages()
+    nipype_logger = logging.getLogger("nipype.workflow")
+    if not config.verbose:
+        nipype_logger.addFilter(quiet)
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         files = sorted(crashes.glob("crash-*.txt"))
-        return "; ".join(_crash_reason(path) for path in files) or f"the workflow did not finish ({err})", files
+        by_message: dict[str, list[str]] = {}
+        for node, message in (_crash_reason(path, config) for path in files):
+            by_message.setdefault(message, []).append(node)
+        reasons = [f"{', '.join(nodes)}: {message}" for message, nodes in by_message.items()]
+        return "; ".join(reasons) or f"the workflow did not finish ({err})", files
+    finally:
+        nipype_logger.removeFilter(quiet)
     return None, []
+
+
+class _HideNipypeCrashMessages(logging.Filter):
+    """Drops Nipype's messages about a crashed node, whose tracebacks the crash reports hold."""
+
+    PREFIXES = ("[Node] Error on", "Node %s failed to run", "Saving crash info", "could not run node",
+                "Storing result file without outputs")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
 
 
 def multiproc_arguments(n_procs: int) -> dict:
@@ -165,30 +260,74 @@ def multiproc_arguments(n_procs: int) -> dict:
     return arguments
 
 
-def _crash_reason(crash_file: Path) -> str:
-    """The node name and the last line of the traceback of a Nipype text crash report."""
+#: An OSError's last traceback line in a crash report: ``OSError: [Errno 28] No space left on device: '/path'``.
+_ERRNO_LINE = re.compile(r"\[Errno (?P<code>\d+)\][^:]*(?::\s*'(?P<path>[^']*)')?")
+
+
+def _crash_reason(crash_file: Path, config: RunConfig) -> tuple[str, str]:
+    """The node name and the last line of the traceback of a Nipype text crash report.
+
+    A full disk is put in words, and the file being written goes with the node name, so that the nodes that met
+    the full disk share one message.
+    """
     lines = [line.strip() for line in crash_file.read_text(errors="replace").splitlines() if line.strip()]
     node = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Node:")), crash_file.name)
-    return f"{node}: {lines[-1] if lines else 'no message'}"
+    last = lines[-1] if lines else "no message"
+    match = _ERRNO_LINE.search(last)
+    if not match or int(match["code"]) not in NO_SPACE:
+        return node, last
+    where = f"{node} writing {match['path']}" if match["path"] else node
+    return where, no_space_reason(int(match["code"]), None, config)
 
 
 def summarise(outcomes: list[ParticipantOutcome]) -> str:
-    """A closing summary: who finished, who failed and why."""
+    """A closing summary: who finished, who failed and why, and each session left out and why."""
     failed = [o for o in outcomes if not o.ok]
-    lines = [f"participant level: {len(outcomes) - len(failed)} of {len(outcomes)} participants finished"]
+    skipped = [(o.label, session, reason) for o in outcomes for session, reason in o.skipped]
+    head = f"participant level: {len(outcomes) - len(failed)} of {len(outcomes)} participants finished"
+    if skipped:
+        head += f"; {len(skipped)} session{'s' * (len(skipped) > 1)} skipped"
+    lines = [head]
     for outcome in failed:
         where = f" — see {outcome.crash_files[0].parent}" if outcome.crash_files else ""
         lines.append(f"  sub-{outcome.label} FAILED: {outcome.reason}{where}")
+    lines += [f"  sub-{label} ses-{session} SKIPPED: {reason}" for label, session, reason in skipped]
     return "\n".join(lines)
 
 
+def resolve_device(requested: str) -> str:
+    """The device the nodes get: ``cuda`` without a CUDA GPU falls back to ``cpu``, with one warning for the run.
+
+    torch is asked in a child process: imported here, it would make the MultiProc workers start from a forkserver
+    (:func:`multiproc_arguments`), whose node messages do not reach the console.
+    """
+    if requested != "cuda":
+        return requested
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, check=False)
+    if probe.stdout.strip() == "True":
+        return requested
+    LOGGER.warning("--device cuda: torch sees no CUDA GPU here; the networks run on the CPU instead (slower) — "
+                   "pass --device auto to use a GPU only where there is one")
+    return "cpu"
+
+
 def run_participant_level(config: RunConfig, layout: BIDSLayout) -> int:
-    """Write the derivatives' description, run every participant, print the summary; return the exit code."""
-    write_dataset_description(config.output_dir, config.bids_dir)
+    """Write the derivatives' description, run every participant, print the summary; return the exit code.
+
+    The exit code is 1 when a participant failed or was left to another process, else 0. A session left out for want
+    of its inputs (no T1w) is named in the summary but does not change the exit code, as fMRIPrep and MRIQC warn of
+    the data they cannot use and exit 0: rerunning would not help, and an HPC job would fail forever on a dataset
+    with, say, a PET-only session. A participant with no usable session fails (exit 1), as in fMRIPrep.
+    """
+    try:
+        write_dataset_description(config.output_dir, config.bids_dir)
+    except OSError as err:
+        LOGGER.error("participant level not started: the dataset description cannot be written: %s",
+                     error_reason(err, config))
+        return 1
+    config = dataclasses.replace(config, device=resolve_device(config.device))
     outcomes = [run_participant(config, layout, label) for label in config.participants]
-    staging_root = config.output_dir / STAGING_FOLDER
-    with contextlib.suppress(OSError):  # another job sharing OUTPUT_DIR may be staging right now
-        staging_root.rmdir()
     succeeded = all(outcome.ok for outcome in outcomes)
     LOGGER.log(logging.INFO if succeeded else logging.ERROR, summarise(outcomes))
     return 0 if succeeded else 1

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("NO_ET", "1")
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"  # as msynth runs ITK (msynth.utils.itk), before any ITK work
 
 #: Real MS data (Lesjak et al., CC-BY) beside the project; tests that need it skip when it is absent.
 OPEN_MS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "open_ms_data"

@@ -145,3 +145,57 @@ def test_pet_frame_timing_is_checked_with_bids_inheritance(tmp_path):
     (root / "trc-PIB_pet.json").unlink()
     with pytest.raises(InputImageError, match=r"^sub-01 ses-1: PET sidecar has no FrameTimesStart — .*_pet\.json\)$"):
         check_inputs(collect_session(open_layout(root), "01", "1", load_filter_file(None)))
+
+
+@pytest.mark.parametrize(("link", "target"), [
+    ("sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz", "sub-01_ses-1_T2w.nii.gz"),  # a file link to itself
+    ("sub-01/ses-1/anat/loop", ".."),  # a folder link to a folder above it: pybids found 41 T1w under loop/anat/…
+    ("sub-01/ses-1/anat/a.nii.gz", "b.nii.gz"),  # two links to each other
+])
+def test_symlink_loop_is_one_line_naming_the_link(tmp_path, link, target):
+    root = write_tiny_bids(tmp_path / "bids", {"01": ["1"]})
+    (root / link).symlink_to(target)
+    if target == "b.nii.gz":
+        (root / link).with_name("b.nii.gz").symlink_to("a.nii.gz")
+    with pytest.raises(UsageError, match=r"symbolic link loop\(s\) \(a link to itself or to a folder above it\): "
+                                         rf"{root / link}\b.* — remove or fix the link\(s\)$") as raised:
+        open_layout(root)
+    assert "\n" not in str(raised.value)
+
+
+def test_links_that_do_not_loop_are_indexed(tmp_path):
+    """A link to a file or folder elsewhere is data (DataLad datasets are made of links); a broken one is named
+    by the image check when a query selects it."""
+    root = write_tiny_bids(tmp_path / "bids", {"01": ["1"]})
+    anat = root / "sub-01" / "ses-1" / "anat"
+    (tmp_path / "store").mkdir()
+    (anat / "sub-01_ses-1_T1w.nii.gz").rename(tmp_path / "store" / "t1w.nii.gz")
+    (anat / "sub-01_ses-1_T1w.nii.gz").symlink_to(tmp_path / "store" / "t1w.nii.gz")
+    (anat / "sub-01_ses-1_FLAIR.nii.gz").symlink_to("nowhere.nii.gz")
+    (root / "sourcedata").mkdir()
+    (root / "sourcedata" / "loop").symlink_to("..")  # not indexed by pybids
+    data = collect_session(open_layout(root), "01", "1", load_filter_file(None))
+    assert sorted(data.files) == ["FLAIR", "T1w"]
+
+
+@pytest.mark.parametrize(("names", "selector"), [
+    (["acq-MPRAGE_T1w"], {"T1w": {"acquisition": None}}),
+    (["run-1_T1w", "run-2_T1w"], {"T1w": {"run": 1}}),
+])
+def test_duplicate_matches_name_every_file_and_the_filter_that_picks_one(tmp_path, caplog, names, selector):
+    root = write_tiny_bids(tmp_path / "bids", {"01": ["1"]})
+    anat = root / "sub-01" / "ses-1" / "anat"
+    if "run-1_T1w" in names:
+        (anat / "sub-01_ses-1_T1w.nii.gz").rename(anat / "sub-01_ses-1_run-1_T1w.nii.gz")
+        (anat / "sub-01_ses-1_T1w.json").unlink()
+    for name in names[1:] if "run-1_T1w" in names else names:
+        shutil.copy(next(anat.glob("*_T1w.nii.gz")), anat / f"sub-01_ses-1_{name}.nii.gz")
+    found = sorted(anat.glob("*_T1w.nii.gz"))
+    data = collect_session(open_layout(root), "01", "1", load_filter_file(None))
+    message = json.dumps(selector)
+    assert (f"sub-01 ses-1: 2 T1w images match ({found[0].name}, {found[1].name}); using {found[0].name}, which "
+            f"--bids-filter-file selects with {message} — write the values of another file to use it") in caplog.text
+    filters = tmp_path / "filters.json"
+    filters.write_text(message)  # the filter the message gives does select that file, alone
+    chosen = collect_session(open_layout(root), "01", "1", load_filter_file(filters))
+    assert chosen.files["T1w"] == data.files["T1w"] == found[0] and "T1w" not in chosen.extra_runs

@@ -123,7 +123,7 @@ def test_failing_participant_is_isolated(tmp_path, capsys):
     assert str(truncated) in error_report.read_text()
     (crash_report,) = (out / "sub-03" / "log").glob("*/crash-*.txt")
     assert "Traceback" in crash_report.read_text()
-    assert not (out / ".msynth-staging").exists()
+    assert not list((out / ".msynth-staging").glob("*_sub-0[23]")), "a failed participant's staging was left"
     assert {p: p.stat().st_mtime_ns for p in bids.rglob("*")} == before, "the input dataset was written to"
     assert errors_of(run_validator(out)) == []
 

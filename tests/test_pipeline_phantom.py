@@ -54,6 +54,17 @@ def test_brain_mask_dice(phantom_run):
     assert _dice(estimate, truth) >= 0.95
 
 
+def test_registrations_record_their_qc(phantom_run):
+    """The template transform's sidecar and a co-registered image's sidecar hold a passed QC score and its metric."""
+    _, out = phantom_run
+    template = json.loads(_path(out, "anat", "from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.json").read_text())
+    assert template["QC"]["Metric"].startswith("Dice") and template["QC"]["Passed"] is True
+    assert template["QC"]["Value"] >= template["QC"]["Threshold"] == 0.88
+    assert template["Registration"]["Initialization"] == "multi-start" and template["Registration"]["ITKThreads"] == 1
+    t2w = json.loads(_path(out, "anat", "space-T1w_desc-preproc_T2w.json").read_text())
+    assert t2w["QC"]["Passed"] is True and t2w["QC"]["Value"] >= t2w["QC"]["Threshold"] == 1.025
+
+
 @pytest.mark.parametrize("key", list(REGISTERED))
 def test_registration_within_half_a_voxel(phantom_run, key):
     """Mean displacement over the brain ≤ half the larger of the T1w voxel and the image's own voxel."""

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
+from msynth.preprocessing._io import load_3d, squeeze_to
 from msynth.preprocessing.bias import n4_correct
 
 
@@ -54,3 +55,31 @@ def test_n4_handles_zero_and_negative(biased):
     assert np.allclose(corrected.affine, nib.load(root / "T1w.nii.gz").affine)
     field = nib.load(result.bias_field).get_fdata()
     assert np.isfinite(field).all() and field.min() > 0
+
+
+def test_n4_reads_a_singleton_4d_volume_as_3d(biased):
+    """A T1w stored as (x, y, z, 1) gives exactly the 3-D file's correction, on the 3-D grid."""
+    root = biased["path"]
+    img = nib.load(root / "T1w.nii.gz")
+    nib.Nifti1Image(img.get_fdata(dtype=np.float32)[..., None], img.affine, img.header).to_filename(
+        root / "T1w4d.nii.gz")
+    options = {"mask": root / "mask.nii.gz", "shrink_factor": 2, "iterations": (20, 20)}
+    flat = n4_correct(root / "T1w.nii.gz", newpath=root / "3d", **options)
+    singleton = n4_correct(root / "T1w4d.nii.gz", newpath=root / "4d", **options)
+    for got, expected in ((singleton.corrected, flat.corrected), (singleton.bias_field, flat.bias_field)):
+        got, expected = nib.load(got), nib.load(expected)
+        assert got.shape == expected.shape == img.shape
+        np.testing.assert_array_equal(got.get_fdata(), expected.get_fdata())
+        np.testing.assert_array_equal(got.affine, expected.affine)
+
+
+def test_load_3d_squeezes_only_trailing_singletons(tmp_path):
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    nib.Nifti1Image(data[..., None], np.diag([2.0, 2.0, 2.0, 1.0])).to_filename(tmp_path / "one.nii.gz")
+    nib.Nifti1Image(np.stack([data, data], axis=-1), np.eye(4)).to_filename(tmp_path / "two.nii.gz")
+    squeezed = load_3d(tmp_path / "one.nii.gz")
+    assert squeezed.shape == (2, 3, 4)
+    np.testing.assert_array_equal(np.asanyarray(squeezed.dataobj), data)
+    np.testing.assert_array_equal(squeezed.affine, np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert load_3d(tmp_path / "two.nii.gz").shape == (2, 3, 4, 2)
+    assert squeeze_to(squeezed) is squeezed

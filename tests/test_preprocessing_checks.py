@@ -11,11 +11,16 @@ import numpy as np
 import pytest
 
 from msynth.preprocessing.checks import (
+    MEMORY_BASE_GB,
     InputImageError,
+    available_memory_gb,
     check_dwi,
     check_image,
     check_input_image,
+    check_memory,
     check_pet_sidecar,
+    estimate_memory_gb,
+    session_grid_voxels,
 )
 
 LABEL = "sub-03 ses-t1: FLAIR"
@@ -84,6 +89,8 @@ BAD_IMAGES = [
     (lambda p: (p.write_bytes(b"\x1f\x8b" + b"not a gzip stream" * 10), p)[1], "cannot be read"),
     (lambda p: (p.write_bytes(b""), p)[1], "file is empty (0 bytes) — re-export or re-copy the image"),
     (lambda p: p, "file does not exist"),
+    (lambda p: (p.symlink_to("gone.nii.gz"), p)[1],
+     "is a broken symbolic link (to gone.nii.gz) — check the BIDS dataset and --bids-filter-file"),
 ]
 
 
@@ -350,3 +357,61 @@ def test_pet_sidecar_missing_or_invalid(tmp_path):
     broken.write_text('{"FrameTimesStart": [0, 60,')
     with pytest.raises(InputImageError, match="PET sidecar is not valid JSON"):
         check_pet_sidecar(broken, 3, label="PET")
+
+
+# --- memory: a session's estimate against the budget ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("shape", "zooms", "model_sizes", "voxels", "grid"), [
+    ((48, 60, 50), (4, 4, 4.4), [], 144_000, "the T1w grid 48 × 60 × 50"),
+    ((48, 60, 50), (4, 4, 4.4), [8.0], 144_000, "the T1w grid 48 × 60 × 50"),
+    ((48, 60, 50), (4, 4, 4.4), [8.0, 4.0], 158_400, "the T1w field of view at 4 mm (48 × 60 × 55)"),
+    # issue 17: the tiny T1w with 100 mm voxels ran 147 s, then asked for 73.8 GiB on the 4 mm model grid
+    ((50, 59, 48), (100, 100, 100), [4.0], 2_212_500_000, "the T1w field of view at 4 mm (1250 × 1475 × 1200)"),
+])
+def test_session_grid_voxels(shape, zooms, model_sizes, voxels, grid):
+    assert session_grid_voxels(shape, zooms, model_sizes) == (voxels, grid)
+
+
+def test_memory_estimate_is_checked_against_the_budget(tmp_path):
+    path = _grid(tmp_path / "sub-03_ses-t1_T1w.nii.gz", (48, 60, 50), (4, 4, 4.4))
+    img = nib.load(path)
+    estimate = estimate_memory_gb(144_000)
+    assert MEMORY_BASE_GB < estimate < MEMORY_BASE_GB + 0.5
+    assert check_memory(img, path, label=LABEL, budget_gb=estimate + 0.01) == estimate
+    with pytest.raises(InputImageError) as info:
+        check_memory(img, path, label=LABEL, budget_gb=0.5)
+    assert str(info.value) == (
+        f"{LABEL} would need about {estimate:.1f} GiB of memory (the T1w grid 48 × 60 × 50, 144,000 voxels), more "
+        "than the 0.5 GiB allowed — check the voxel size in the header, or run on a machine (or job) with more "
+        f"memory (file: {path})")
+
+
+def test_huge_grid_is_refused_with_the_machines_budget(tmp_path):
+    """The T1w of issue 17 with 100 mm voxels (it asked for 73.8 GiB after 147 s): refused before any work."""
+    path = _grid(tmp_path / "sub-03_ses-t1_T1w.nii.gz", (50, 59, 48), (100, 100, 100))
+    estimate = estimate_memory_gb(2_212_500_000)
+    assert estimate > 200
+    with pytest.raises(InputImageError, match=rf"would need about {estimate:.1f} GiB of memory \(the T1w field of view "
+                                              r"at 4 mm \(1250 × 1475 × 1200\), 2,212,500,000 voxels\), more than "
+                                              r"the [\d.]+ GiB available — check the voxel size"):
+        check_memory(nib.load(path), path, label=LABEL, model_voxel_sizes=[4.0])
+
+
+def test_budget_is_the_smallest_of_available_memory_and_cgroup_limits(tmp_path):
+    proc, cgroup = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\n")
+    (proc / "self" / "cgroup").write_text("0::/\n")
+    assert available_memory_gb(proc, cgroup) == 8.0
+    # cgroup v2 (SLURM): the job's limit counts, its step has none
+    (proc / "self" / "cgroup").write_text("0::/slurm/job_1/step_0\n")
+    (cgroup / "slurm" / "job_1" / "step_0").mkdir(parents=True)
+    (cgroup / "slurm" / "job_1" / "step_0" / "memory.max").write_text("max\n")
+    (cgroup / "slurm" / "job_1" / "memory.max").write_text(f"{3 * 2**30}\n")
+    assert available_memory_gb(proc, cgroup) == 3.0
+    # cgroup v1 (Docker): memory.limit_in_bytes of the memory controller
+    (proc / "self" / "cgroup").write_text("4:memory:/docker/abc\n1:cpu,cpuacct:/\n")
+    (cgroup / "memory" / "docker" / "abc").mkdir(parents=True)
+    (cgroup / "memory" / "docker" / "abc" / "memory.limit_in_bytes").write_text(f"{2 * 2**30}\n")
+    assert available_memory_gb(proc, cgroup) == 2.0
+    assert 0 < available_memory_gb() < 2**20  # this machine

@@ -10,7 +10,6 @@ does.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -41,7 +40,6 @@ def load(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory) -> dict[str, Path]:
     """One 2 mm phantom session: N4 T1w, FLAIR in space-T1w, truth, and the template → T1w affine."""
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     root = tmp_path_factory.mktemp("segmentation")
     cohort = generate_cohort(root / "bids", n_controls=0, n_patients=1, voxel_size=2.0, seed=3)
     stem = f"sub-{SUBJECT}_ses-{SESSION}"

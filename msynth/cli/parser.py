@@ -24,6 +24,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``msynth`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -97,9 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes run in parallel (sessions and modalities); default: the CPUs this job may use",
     )
     resources.add_argument(
-        "--omp-nthreads", type=_positive_int, default=None,
-        help="threads per process for ANTs, torch and other multithreaded steps, at most nprocs "
-        "(default: min(nprocs, 8))",
+        "--omp-nthreads", type=_positive_int, default=1,
+        help="torch threads of each neural-network step on the CPU, at most nprocs: more is faster, but the "
+        "synthetic maps then change in their last bits (ANTs steps always run on one thread, so that the same "
+        "inputs give the same bytes)",
+    )
+    resources.add_argument(
+        "--mem-gb", "--mem_gb", dest="mem_gb", type=_positive_float, default=None, metavar="GB",
+        help="memory this run may use; a session whose estimated peak exceeds it is refused before any work "
+        "(when not given: the memory available to this job, i.e. the cgroup limit of a container or SLURM "
+        "job, else the machine's)",
     )
     resources.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -107,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     other = parser.add_argument_group("Other")
+    other.add_argument(
+        "--continue-on-qc-failure", action="store_true",
+        help="when a registration fails its quality check, keep going: the score is flagged in the log and the "
+        "sidecar instead of failing the session",
+    )
     other.add_argument(
         "-v", "--verbose", dest="verbose", action="count", default=0,
         help="more log output; repeat (-vv) for debugging detail",

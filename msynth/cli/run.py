@@ -11,8 +11,10 @@ os.environ.setdefault("NO_ET", "1")  # Nipype must not phone home: clusters and 
 
 from msynth.cli.parser import build_parser  # noqa: E402
 from msynth.config import RunConfig, resolve_config  # noqa: E402
-from msynth.utils.bids import open_layout  # noqa: E402
+from msynth.utils.bids import check_symlink_loops, open_layout  # noqa: E402
 from msynth.utils.errors import UsageError  # noqa: E402
+from msynth.utils.itk import single_threaded_itk  # noqa: E402
+from msynth.utils.tabular_checks import check_clinical_tables  # noqa: E402
 from msynth.utils.validation import errors_of, validate_participants  # noqa: E402
 
 LOGGER = logging.getLogger("msynth")
@@ -38,6 +40,7 @@ def setup_logging(verbose: int) -> None:
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(logging.DEBUG if verbose else logging.INFO)
     LOGGER.propagate = False
+    logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks; the console still shows
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").handlers[:] = [handler]
     from nipype import config as nipype_config
@@ -91,25 +94,35 @@ def validate_input(config: RunConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run msynth; returns the process exit code (0 success, 1 bad input or a failed participant)."""
     args = build_parser().parse_args(argv)
+    single_threaded_itk()  # before any ITK work, so that the Nipype workers inherit it
     setup_logging(args.verbose)
     try:
         config = resolve_config(args)
+        check_symlink_loops(config.bids_dir)  # before the validator, which reports a loop as dozens of errors
         validate_input(config)
         if config.analysis_level == "group":
             return _run_group(config)
+        clinical_problems = check_clinical_tables(config.bids_dir, config.participants)
         layout = open_layout(config.bids_dir)
+        _start_log(config)
     except UsageError as err:
         print(f"msynth: error: {err}", file=sys.stderr)
         return 1
-    _start_log(config)
+    for problem in clinical_problems:  # the group level needs these values; the participant level does not
+        LOGGER.warning("%s (the group level will report it as n/a)", problem)
     from msynth.runner import run_participant_level  # heavy imports only when there is work
 
     return run_participant_level(config, layout)
 
 
 def _start_log(config: RunConfig) -> None:
-    log_to_file(config)
-    LOGGER.info("msynth %s, run %s: configuration in %s", config.version, config.run_id, config.write())
+    """Start the run's log file and record its configuration; a full or failing disk is a UsageError."""
+    try:
+        log_to_file(config)
+        LOGGER.info("msynth %s, run %s: configuration in %s", config.version, config.run_id, config.write())
+    except OSError as err:
+        raise UsageError(f"cannot write the run's log in {config.output_dir / 'logs'}: {err.strerror or err} — free "
+                         "space there or choose another OUTPUT_DIR") from None
 
 
 def _run_group(config: RunConfig) -> int:

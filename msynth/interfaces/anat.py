@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import nibabel as nb
 from nipype.interfaces.base import (
@@ -17,6 +16,7 @@ from nipype.interfaces.base import (
 
 from msynth.preprocessing.bias import n4_correct
 from msynth.preprocessing.brain import ENVELOPE_CLOSING_MM, extract_brain, refine_brain_mask
+from msynth.utils.itk import single_threaded_itk
 
 LOGGER = logging.getLogger("msynth.preprocessing")
 
@@ -33,11 +33,6 @@ def n4_shrink_factor(image_path: str) -> int:
     """Shrink factor bringing the finest voxel side towards N4_FIT_SPACING_MM, between 1 and N4_MAX_SHRINK."""
     finest = min(nb.load(image_path).header.get_zooms()[:3])
     return min(N4_MAX_SHRINK, max(1, int(round(N4_FIT_SPACING_MM / finest))))
-
-
-def limit_threads(omp_nthreads: int) -> None:
-    """Cap the threads of ITK (ANTsPy) in this process to the node's share."""
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(omp_nthreads)
 
 
 class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
@@ -83,7 +78,6 @@ class _N4InputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="3-D MR image")
     mask_file = File(exists=True, desc="fit region on the same grid")
     skull_stripped = traits.Bool(False, usedefault=True, desc="whether in_file is skull-stripped (for the sidecar)")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="threads")
 
 
 class _N4OutputSpec(TraitedSpec):
@@ -99,7 +93,7 @@ class N4BiasCorrection(SimpleInterface):
     output_spec = _N4OutputSpec
 
     def _run_interface(self, runtime):
-        limit_threads(self.inputs.omp_nthreads)
+        single_threaded_itk()
         mask = self.inputs.mask_file if isdefined(self.inputs.mask_file) else None
         parameters = {**N4_PARAMETERS, "shrink_factor": n4_shrink_factor(self.inputs.in_file)}
         result = n4_correct(self.inputs.in_file, newpath=runtime.cwd, mask=mask, **parameters)
@@ -117,7 +111,6 @@ class _RefineInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True, desc="brain mask on the T1w grid")
     skull_stripped = traits.Bool(False, usedefault=True, desc="the input was skull-stripped: keep its mask")
     metadata = traits.Dict(desc="sidecar fields of the input mask, extended with the refinement")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="threads")
 
 
 class _RefineOutputSpec(TraitedSpec):
@@ -141,7 +134,7 @@ class RefineBrainMask(SimpleInterface):
             self._results["out_mask"] = self.inputs.mask_file
             self._results["metadata"] = metadata
             return runtime
-        limit_threads(self.inputs.omp_nthreads)
+        single_threaded_itk()
         refined = refine_brain_mask(self.inputs.t1w, self.inputs.mask_file, newpath=runtime.cwd)
         metadata["BrainMaskRefinement"] = {
             "Method": "grey/white-matter envelope: Atropos k-means (3 classes) on the N4-corrected T1w inside the "

@@ -16,7 +16,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from msynth.utils.derivatives import atomic_copy, atomic_write_text, derivative_path, source_entities
+from msynth.utils.derivatives import (atomic_copy, atomic_target, atomic_write_text, derivative_path,
+                                      source_entities)
 
 _NIFTI = (".nii.gz", ".nii")
 #: Source entities every derivative name keeps; the others come from DESIGN.md's contract, set by each sink.
@@ -39,7 +40,8 @@ def write_derivative(
     The name keeps the entities of ``source_file`` listed in ``keep`` (subject and session: DESIGN.md's
     names do not carry a raw file's run, reconstruction …) and adds ``entities`` (acq, trc, space, desc,
     label …). NIfTI outputs get spatial units in mm; NIfTI and TSV outputs get a sidecar with ``metadata`` (for a
-    TSV, its data dictionary); other files (transforms) are copied as they are.
+    TSV, its data dictionary); other files (transforms) are copied as they are, with a sidecar only when ``metadata``
+    holds something (the template registration's method and QC score).
     """
     in_file = Path(in_file)
     extension = next((ext for ext in _NIFTI if in_file.name.endswith(ext)), in_file.suffix)
@@ -49,13 +51,11 @@ def write_derivative(
     if extension in _NIFTI:
         image = nb.load(in_file)
         image.header.set_xyzt_units(xyz="mm", t="sec")
-        tmp = target.with_name(f".{target.name}.partial{extension}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        nb.save(image, tmp)
-        tmp.replace(target)
+        with atomic_target(target) as tmp:
+            nb.save(image, tmp)
     else:
         atomic_copy(in_file, target)
-    if extension in (*_NIFTI, ".tsv"):
+    if extension in (*_NIFTI, ".tsv") or metadata:
         sidecar = target.with_name(target.name[: -len(extension)] + ".json")
         atomic_write_text(sidecar, json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
     return target
@@ -80,7 +80,13 @@ class _DerivativesDataSinkOutputSpec(TraitedSpec):
 
 
 class DerivativesDataSink(SimpleInterface):
-    """File one result under its BIDS-Derivatives name (see :func:`write_derivative`)."""
+    """File one result under its BIDS-Derivatives name (see :func:`write_derivative`).
+
+    Unlike niworkflows' sink it is cached like any node (no ``_always_run``): ``base_directory`` is a participant's
+    staging folder, which outlives the run (:class:`~msynth.utils.derivatives.Staging`), so a rerun with nothing
+    changed reruns no sink; a new staging folder (the previous run failed or was killed) changes the hash and reruns
+    them all.
+    """
 
     input_spec = _DerivativesDataSinkInputSpec
     output_spec = _DerivativesDataSinkOutputSpec

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from msynth.interfaces.anat import limit_threads
 from msynth.preprocessing.registration import apply_transform
 from msynth.segmentation.lesions import (
     binarize_resampled,
@@ -18,13 +17,13 @@ from msynth.segmentation.lesions import (
 )
 from msynth.segmentation.regions import region_masks
 from msynth.segmentation.tissue import SubjectPriors, segment_tissues, write_subject_priors
+from msynth.utils.itk import single_threaded_itk
 
 
 class _TissuePriorsInputSpec(BaseInterfaceInputSpec):
     t1w = File(exists=True, mandatory=True, desc="bias-corrected T1w reference")
     brain_mask = File(exists=True, mandatory=True, desc="brain mask on the T1w grid")
     template_xfm = File(exists=True, mandatory=True, desc="template → T1w affine (from-<template>_to-T1w)")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="ITK threads")
 
 
 class _TissuePriorsOutputSpec(TraitedSpec):
@@ -43,7 +42,7 @@ class TissuePriors(SimpleInterface):
     output_spec = _TissuePriorsOutputSpec
 
     def _run_interface(self, runtime):
-        limit_threads(self.inputs.omp_nthreads)
+        single_threaded_itk()
         priors = write_subject_priors(self.inputs.t1w, self.inputs.brain_mask, template_xfm=self.inputs.template_xfm,
                                       newpath=runtime.cwd)
         self._results.update(gm_prior=str(priors.gm), wm_prior=str(priors.wm), csf_prior=str(priors.csf))
@@ -57,7 +56,6 @@ class _SegmentTissuesInputSpec(BaseInterfaceInputSpec):
     wm_prior = File(exists=True, mandatory=True, desc="white-matter prior on the T1w grid")
     csf_prior = File(exists=True, mandatory=True, desc="CSF prior on the T1w grid")
     lesion_mask = File(exists=True, desc="lesion mask on the T1w grid; its voxels are filled before segmentation")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="ITK threads")
 
 
 class _SegmentTissuesOutputSpec(TraitedSpec):
@@ -74,13 +72,12 @@ class SegmentTissues(SimpleInterface):
     output_spec = _SegmentTissuesOutputSpec
 
     def _run_interface(self, runtime):
-        limit_threads(self.inputs.omp_nthreads)
+        single_threaded_itk()
         priors = SubjectPriors(gm=Path(self.inputs.gm_prior), wm=Path(self.inputs.wm_prior),
                                csf=Path(self.inputs.csf_prior))
         result = segment_tissues(
             self.inputs.t1w, self.inputs.brain_mask, priors=priors, newpath=runtime.cwd,
             lesion_mask=self.inputs.lesion_mask if isdefined(self.inputs.lesion_mask) else None,
-            omp_nthreads=self.inputs.omp_nthreads,
         )
         self._results.update(gm=str(result.gm), wm=str(result.wm), csf=str(result.csf), metadata=result.metadata)
         return runtime

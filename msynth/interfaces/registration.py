@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import nibabel as nb
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from msynth.interfaces.anat import limit_threads
 from msynth.preprocessing.registration import (
     MAX_PLAUSIBLE_SCALE,
     apply_transform,
     compose,
     invert,
+    mattes_mi,
     pyramid_for,
     register_to_reference,
 )
+from msynth.preprocessing.registration_qc import RegistrationQCError, score_coregistration, score_template
 from msynth.preprocessing.resample import to_target_space
+from msynth.utils.itk import ITK_THREADS, single_threaded_itk
+
+LOGGER = logging.getLogger("msynth.interfaces.registration")
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -23,12 +30,19 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     fixed_mask = File(exists=True, mandatory=True, desc="brain mask on the T1w grid")
     key = traits.Str(mandatory=True, desc="modality key of the moving image, names the transform")
     initialization = traits.Enum(
-        "scanner", "centre-of-mass", usedefault=True,
-        desc="'scanner' (world coordinates) for images of one session; 'centre-of-mass' across subjects",
+        "scanner", "centre-of-mass", "multi-start", usedefault=True,
+        desc="'scanner' (world coordinates) for images of one session; 'centre-of-mass' or 'multi-start' (the best "
+             "of several rotated starts) across subjects",
     )
-    intra_subject = traits.Bool(True, usedefault=True, desc="warn on implausible scaling (same head)")
+    intra_subject = traits.Bool(
+        True, usedefault=True,
+        desc="True: a co-registration (warn on implausible scaling; QC by normalised mutual information); False: the "
+             "skull-stripped template onto the T1w (QC by the Dice of the brain masks)",
+    )
     affine = traits.Bool(True, usedefault=True, desc="rigid then affine; False: rigid only")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="threads")
+    continue_on_qc_failure = traits.Bool(
+        False, usedefault=True, desc="on a QC failure log a warning and flag it in the metadata instead of raising",
+    )
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -43,21 +57,34 @@ class RegisterToReference(SimpleInterface):
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
-        limit_threads(self.inputs.omp_nthreads)
-        pyramid = pyramid_for(min(nb.load(self.inputs.fixed).header.get_zooms()[:3]))
+        single_threaded_itk()
+        inputs = self.inputs
+        pyramid = pyramid_for(min(nb.load(inputs.fixed).header.get_zooms()[:3]))
         out_xfm = register_to_reference(
-            self.inputs.moving, self.inputs.fixed, self.inputs.fixed_mask,
-            out_xfm=f"{runtime.cwd}/from-{self.inputs.key}_to-T1w_mode-image_xfm.mat",
-            initialization=self.inputs.initialization,
-            affine=self.inputs.affine,
-            max_scale=MAX_PLAUSIBLE_SCALE if self.inputs.intra_subject else None,
+            inputs.moving, inputs.fixed, inputs.fixed_mask,
+            out_xfm=f"{runtime.cwd}/from-{inputs.key}_to-T1w_mode-image_xfm.mat",
+            initialization=inputs.initialization,
+            affine=inputs.affine,
+            max_scale=MAX_PLAUSIBLE_SCALE if inputs.intra_subject else None,
             **pyramid,
         )
+        score = score_coregistration if inputs.intra_subject else score_template
+        qc = score(inputs.moving, inputs.fixed, inputs.fixed_mask, out_xfm)
+        if not qc.passed:
+            message = qc.failure_message(inputs.moving, inputs.fixed)
+            if not inputs.continue_on_qc_failure:
+                raise RegistrationQCError(message)
+            LOGGER.warning("%s; continuing (--continue-on-qc-failure): the sidecar says QC Passed false", message)
         self._results["out_xfm"] = str(out_xfm)
         self._results["metadata"] = {
-            "Registration": {"Method": f"ANTs rigid{' then affine' if self.inputs.affine else ''}",
+            "Registration": {"Method": f"ANTs rigid{' then affine' if inputs.affine else ''}",
                              "Metric": "Mattes mutual information",
-                             "Mask": "T1w brain mask", "Initialization": self.inputs.initialization, **pyramid},
+                             "FinalMetricValue": round(mattes_mi(inputs.fixed, inputs.moving, out_xfm,
+                                                                 inputs.fixed_mask), 6),
+                             "Mask": "T1w brain mask", "Initialization": inputs.initialization,
+                             "ITKThreads": ITK_THREADS, "MovingImage": Path(inputs.moving).name,
+                             **pyramid},
+            "QC": qc.as_metadata(),
         }
         return runtime
 

@@ -61,7 +61,7 @@ class SynthesizeImage(SimpleInterface):
         import torch  # imported by the node that needs it: importing torch takes seconds
 
         from msynth.models.card import TARGETS, channels_of, read_card
-        from msynth.models.inference import synthesize
+        from msynth.models.inference import on_cpu_after_out_of_memory, select_device, synthesize
         from msynth.models.saliency import (ATTENTION_DESCRIPTION, P3S_DESCRIPTION, write_attention_maps,
                                             write_p3s_maps)
 
@@ -72,11 +72,17 @@ class SynthesizeImage(SimpleInterface):
                                                    newpath=runtime.cwd, device=self.inputs.device, progress=False))
         saliency = []  # (file, desc, Description) of each map
         if self.inputs.saliency:
-            p3s = write_p3s_maps(self.inputs.model_dir, images, self.inputs.brain_mask, newpath=runtime.cwd,
-                                 target=self.inputs.target if isdefined(self.inputs.target) else None,
-                                 device=self.inputs.device)
-            attention = write_attention_maps(self.inputs.model_dir, images, self.inputs.brain_mask,
-                                             newpath=runtime.cwd, device=self.inputs.device)
+            target = self.inputs.target if isdefined(self.inputs.target) else None
+            p3s = on_cpu_after_out_of_memory(
+                lambda on: write_p3s_maps(self.inputs.model_dir, images, self.inputs.brain_mask, newpath=runtime.cwd,
+                                          target=target, device=str(on)),
+                select_device(self.inputs.device), "CUDA ran out of memory in the P3S saliency maps; computing them on "
+                "the CPU instead (--device cpu avoids this)")
+            attention = on_cpu_after_out_of_memory(
+                lambda on: write_attention_maps(self.inputs.model_dir, images, self.inputs.brain_mask,
+                                                newpath=runtime.cwd, device=str(on)),
+                select_device(self.inputs.device), "CUDA ran out of memory in the attention maps; computing them on "
+                "the CPU instead (--device cpu avoids this)")
             saliency = [(p3s[channel], f"P3S{channel}", P3S_DESCRIPTION) for channel in channels_of(card.inputs)]
             saliency += [(path, f"attention{label}", ATTENTION_DESCRIPTION.format(label=label))
                          for label, path in attention.items()]

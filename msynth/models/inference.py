@@ -17,10 +17,10 @@ import logging
 import math
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -31,10 +31,11 @@ from torch import nn
 from msynth.models.card import CARD_NAME, TARGETS, ModelCard, channels_of, read_card
 from msynth.models.data import normalise
 
-__all__ = ["LoadedModel", "StageChain", "load_model", "load_model_and_inputs", "predict_volume", "read_inputs",
-           "receptive_halo", "select_device", "synthesize", "write_map"]
+__all__ = ["LoadedModel", "StageChain", "load_model", "load_model_and_inputs", "on_cpu_after_out_of_memory",
+           "predict_volume", "read_inputs", "receptive_halo", "select_device", "synthesize", "write_map"]
 
 LOGGER = logging.getLogger("msynth.models")
+T = TypeVar("T")
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -59,9 +60,25 @@ def select_device(requested: str = "auto") -> torch.device:
             return torch.device(requested)
         warnings.warn(f"--device {requested} requested but CUDA is not available "
                       f"(torch {torch.__version__}); running on the CPU", RuntimeWarning, stacklevel=2)
-        LOGGER.warning("device %s requested but CUDA is not available; using the CPU", requested)
         return torch.device("cpu")
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {requested!r}")
+
+
+def on_cpu_after_out_of_memory(task: Callable[[torch.device], T], device: torch.device | str, message: str) -> T:
+    """Run ``task(device)``; after a CUDA out-of-memory error, warn once with ``message`` and run ``task`` on the CPU.
+
+    The GPU's cache is emptied first, so that the memory the failed attempt held goes back to the other processes.
+    An out-of-memory error on the CPU is raised as it is.
+    """
+    device = torch.device(device)
+    try:
+        return task(device)
+    except torch.OutOfMemoryError:
+        if device.type != "cuda":
+            raise
+        torch.cuda.empty_cache()
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return task(torch.device("cpu"))
 
 
 class StageChain(nn.Module):
@@ -274,19 +291,13 @@ def predict_volume(
     was_training = model.training
     model.eval()
     try:
-        try:
-            out = _predict_windows(model, x, window=size, overlap=overlap, halo=halo, sw_device=device,
-                                   progress=progress)
-        except torch.OutOfMemoryError:
-            if device.type != "cuda":
-                raise
-            torch.cuda.empty_cache()
-            message = (f"CUDA ran out of memory with {size} windows; predicting on the CPU instead "
-                       "(pass a smaller window, or --device cpu, to avoid this)")
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            LOGGER.warning(message)
-            out = _predict_windows(model, x, window=size, overlap=overlap, halo=halo,
-                                   sw_device=torch.device("cpu"), progress=progress)
+        out = on_cpu_after_out_of_memory(
+            lambda sw_device: _predict_windows(model, x, window=size, overlap=overlap, halo=halo, sw_device=sw_device,
+                                               progress=progress),
+            device,
+            f"CUDA ran out of memory with {size} windows; predicting on the CPU instead "
+            "(pass a smaller window, or --device cpu, to avoid this)",
+        )
     finally:
         model.train(was_training)
     return out[0, :, :sizes[0], :sizes[1], :sizes[2]].numpy().astype(np.float32)

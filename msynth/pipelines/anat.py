@@ -73,10 +73,10 @@ def init_anat_reference_wf(
     if skull_stripped is not None:
         brain_extraction.inputs.skull_stripped = skull_stripped
     n4_correction = pe.Node(
-        N4BiasCorrection(omp_nthreads=omp_nthreads), name="n4_correction", n_procs=omp_nthreads, mem_gb=2
+        N4BiasCorrection(), name="n4_correction", mem_gb=2
     )
     refine_mask = pe.Node(
-        RefineBrainMask(omp_nthreads=omp_nthreads), name="refine_mask", n_procs=omp_nthreads, mem_gb=2
+        RefineBrainMask(), name="refine_mask", mem_gb=2
     )
 
     reference = {"SpatialReference": bids_uri(bids_dir, t1w), "Sources": [bids_uri(bids_dir, t1w)]}

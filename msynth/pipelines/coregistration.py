@@ -27,8 +27,8 @@ def init_coregistration_wf(
     t1w: Path,
     bids_dir: Path,
     output_dir: Path,
-    omp_nthreads: int,
     name: str,
+    continue_on_qc_failure: bool = False,
 ) -> pe.Workflow:
     """Bias-correct an MR image, register it rigidly to the T1w, resample it into space-T1w.
 
@@ -46,8 +46,8 @@ def init_coregistration_wf(
         The session's raw T1w, whose grid is space-T1w.
     bids_dir, output_dir
         Input dataset root (for BIDS URIs) and derivatives (staging) root.
-    omp_nthreads
-        Threads for N4 and ANTs.
+    continue_on_qc_failure
+        On a registration that fails its QC, flag it (sidecar, log) instead of failing the session.
 
     Inputs
     ------
@@ -72,8 +72,8 @@ def init_coregistration_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_preproc", "brain_mask"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["preproc", "xfm"]), name="outputnode")
 
-    register = pe.Node(RegisterToReference(key=key, affine=False, omp_nthreads=omp_nthreads), name="register",
-                       n_procs=omp_nthreads, mem_gb=2)
+    register = pe.Node(RegisterToReference(key=key, affine=False, continue_on_qc_failure=continue_on_qc_failure),
+                       name="register", mem_gb=2)
     resample = pe.Node(ApplyTransform(reference=str(t1w)), name="resample", mem_gb=1)
 
     sources = [bids_uri(bids_dir, image), bids_uri(bids_dir, t1w)]
@@ -101,8 +101,7 @@ def init_coregistration_wf(
         resample.inputs.moving = str(image)
         workflow.connect([(register, ds_preproc, [("metadata", "run_metadata")])])
     else:
-        n4_correction = pe.Node(N4BiasCorrection(in_file=str(image), omp_nthreads=omp_nthreads),
-                                name="n4_correction", n_procs=omp_nthreads, mem_gb=2)
+        n4_correction = pe.Node(N4BiasCorrection(in_file=str(image)), name="n4_correction", mem_gb=2)
         merge_metadata = pe.Node(niu.Merge(2), name="merge_metadata", run_without_submitting=True)
         workflow.connect([
             (inputnode, register, [("t1w_preproc", "fixed"), ("brain_mask", "fixed_mask")]),

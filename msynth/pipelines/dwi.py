@@ -21,8 +21,8 @@ def init_dwi_wf(
     t1w: Path,
     bids_dir: Path,
     output_dir: Path,
-    omp_nthreads: int,
     label: str,
+    continue_on_qc_failure: bool = False,
     name: str = "dwi_wf",
 ) -> pe.Workflow:
     """Fit the tensor on the DWI grid and bring FA, RD, AD and MD into space-T1w.
@@ -40,10 +40,10 @@ def init_dwi_wf(
         The session's raw T1w (space-T1w grid).
     bids_dir, output_dir
         Input dataset root and derivatives (staging) root.
-    omp_nthreads
-        Threads for ANTs.
     label
         ``sub-<L> ses-<S>`` prefix for error messages.
+    continue_on_qc_failure
+        On a registration that fails its QC, flag it (sidecar, log) instead of failing the session.
 
     Inputs
     ------
@@ -70,8 +70,8 @@ def init_dwi_wf(
 
     dti_fit = pe.Node(DTIFit(dwi=str(dwi), bval=str(bval), bvec=str(bvec), label=f"{label}: DWI"),
                       name="dti_fit", mem_gb=4)
-    register_b0 = pe.Node(RegisterToReference(key="DWI", affine=False, omp_nthreads=omp_nthreads), name="register_b0",
-                          n_procs=omp_nthreads, mem_gb=2)
+    register_b0 = pe.Node(RegisterToReference(key="DWI", affine=False, continue_on_qc_failure=continue_on_qc_failure),
+                          name="register_b0", mem_gb=2)
     resample_maps = pe.MapNode(ApplyTransform(reference=str(t1w)), iterfield=["moving"], name="resample_maps",
                                mem_gb=1)
 

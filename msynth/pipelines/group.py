@@ -54,7 +54,6 @@ def init_group_wf(
     *,
     inputs: GroupInputs,
     output_dir: Path,
-    omp_nthreads: int,
     ring_width_mm: float = RING_WIDTH_MM,
     max_distance_mm: float = MAX_DISTANCE_MM,
     wm_probability: float = WM_PROBABILITY,
@@ -68,8 +67,6 @@ def init_group_wf(
         Participants, their maps and the DVR sources (no problem left: the caller stops on problems).
     output_dir
         Derivatives root the sinks write to (the runner's staging folder).
-    omp_nthreads
-        Threads of the longitudinal registrations.
     ring_width_mm, max_distance_mm, wm_probability
         Control-reference parameters (:mod:`msynth.analysis.myelin`).
 
@@ -118,7 +115,7 @@ def init_group_wf(
     mask_sinks = []
     for i, patient in enumerate(patients, start=len(references) + 1):
         measures, sinks = _add_patient(workflow, patient, references=references, merge_references=merge_references,
-                                       output_dir=output_dir, omp_nthreads=omp_nthreads)
+                                       output_dir=output_dir)
         workflow.connect([(measures, merge_measures, [("measures", f"in{i}")])])
         mask_sinks += sinks
     merge_masks = pe.Node(niu.Merge(len(mask_sinks)), name="merge_masks", run_without_submitting=True)
@@ -137,8 +134,7 @@ def init_group_wf(
 
 
 def _add_patient(workflow: pe.Workflow, patient: ParticipantMaps, *, references: dict[str, pe.Node],
-                 merge_references: pe.Node, output_dir: Path,
-                 omp_nthreads: int) -> tuple[pe.Node, list[pe.Node]]:
+                 merge_references: pe.Node, output_dir: Path) -> tuple[pe.Node, list[pe.Node]]:
     """Add one patient's demyelinated masks (one per session and source), longitudinal registration and measures;
     return the measures node and the masks' sinks."""
     baseline, *later = patient.sessions
@@ -153,8 +149,8 @@ def _add_patient(workflow: pe.Workflow, patient: ParticipantMaps, *, references:
         register = pe.Node(
             RegisterToReference(moving=str(follow_up.t1w), fixed=str(baseline.t1w),
                                 fixed_mask=str(baseline.brain_mask), key="T1w", initialization="centre-of-mass",
-                                affine=False, omp_nthreads=omp_nthreads),
-            name=_node_name("register_follow_up", patient.label), n_procs=omp_nthreads, mem_gb=1,
+                                affine=False),
+            name=_node_name("register_follow_up", patient.label), mem_gb=1,
         )
         workflow.connect([(register, measures, [("out_xfm", "follow_up_xfm")])])
     sinks = [

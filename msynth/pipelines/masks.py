@@ -39,7 +39,6 @@ def init_masks_wf(
     t1w: Path,
     bids_dir: Path,
     output_dir: Path,
-    omp_nthreads: int,
     lesion_source: LesionSource,
     given: GivenLesionMask | None = None,
     name: str = "masks_wf",
@@ -57,8 +56,6 @@ def init_masks_wf(
         The session's raw T1w (space-T1w grid, names the outputs).
     bids_dir, output_dir
         Input dataset root and derivatives (staging) root.
-    omp_nthreads
-        Threads for ANTs.
     lesion_source
         ``'given'`` (``given`` must be set), ``'automatic'`` (``flair`` input needed) or ``'none'``.
     given
@@ -89,10 +86,8 @@ def init_masks_wf(
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "gm", "wm", "csf", "gm_prior", "wm_prior", "lesion_mask", "nawm", "surrounding_nawm", "distance_to_csf",
     ]), name="outputnode")
-    tissue_priors = pe.Node(TissuePriors(omp_nthreads=omp_nthreads), name="tissue_priors", n_procs=omp_nthreads,
-                            mem_gb=3)
-    segment_tissues = pe.Node(SegmentTissues(omp_nthreads=omp_nthreads), name="segment_tissues",
-                              n_procs=omp_nthreads, mem_gb=3)
+    tissue_priors = pe.Node(TissuePriors(), name="tissue_priors", mem_gb=3)
+    segment_tissues = pe.Node(SegmentTissues(), name="segment_tissues", mem_gb=3)
     priors = [("gm_prior", "gm_prior"), ("wm_prior", "wm_prior"), ("csf_prior", "csf_prior")]
     workflow.connect([
         (inputnode, tissue_priors, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask"),
@@ -124,8 +119,7 @@ def init_masks_wf(
             workflow.connect([(inputnode, lesion, [("lesion_xfm", "xfm")])])
         sources = [*sources, str(given.mask), bids_uri(bids_dir, given.image)]
     else:
-        initial_tissues = pe.Node(SegmentTissues(omp_nthreads=omp_nthreads), name="initial_tissues",
-                                  n_procs=omp_nthreads, mem_gb=3)
+        initial_tissues = pe.Node(SegmentTissues(), name="initial_tissues", mem_gb=3)
         lesion = pe.Node(DetectLesions(), name="detect_lesions", mem_gb=2)
         workflow.connect([
             (inputnode, initial_tissues, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask")]),

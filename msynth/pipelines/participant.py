@@ -35,6 +35,7 @@ def init_participant_wf(
     models: list[Path],
     saliency: bool,
     name: str,
+    continue_on_qc_failure: bool = False,
 ) -> pe.Workflow:
     """Build the workflow of one participant: independent session workflows run in parallel.
 
@@ -47,20 +48,23 @@ def init_participant_wf(
     output_dir
         Derivatives root the data sinks write to (the runner's staging folder).
     omp_nthreads
-        Threads per multithreaded node.
+        torch threads of the network nodes (ITK runs on one thread: :mod:`msynth.utils.itk`).
     device
         ``auto``, ``cpu`` or ``cuda`` for network nodes.
     models
         Synthesis model folders to choose from (``--model``, else the shipped ones).
     saliency
         Write the P3S maps of each synthesis model's inputs.
+    continue_on_qc_failure
+        A registration that fails its QC (:mod:`msynth.preprocessing.registration_qc`) is flagged in its sidecar
+        and the log instead of failing the session.
     """
     workflow = pe.Workflow(name=name)
     for data in sessions:
         workflow.add_nodes([
             init_session_wf(
                 data=data, bids_dir=bids_dir, output_dir=output_dir, omp_nthreads=omp_nthreads, device=device,
-                models=models, saliency=saliency,
+                models=models, saliency=saliency, continue_on_qc_failure=continue_on_qc_failure,
                 name=f"ses_{data.session}_wf" if data.session else "single_session_wf",
             )
         ])  # fmt: skip
@@ -77,6 +81,7 @@ def init_session_wf(
     models: list[Path],
     saliency: bool,
     name: str,
+    continue_on_qc_failure: bool = False,
 ) -> pe.Workflow:
     """Build the workflow of one session, logging each stage that cannot run and why."""
     workflow = pe.Workflow(name=name)
@@ -89,7 +94,7 @@ def init_session_wf(
         device=device,
     )
     template_wf = init_template_registration_wf(
-        t1w=data.files["T1w"], output_dir=output_dir, omp_nthreads=omp_nthreads
+        t1w=data.files["T1w"], output_dir=output_dir, continue_on_qc_failure=continue_on_qc_failure
     )
     _connect_reference(workflow, anat_reference_wf, template_wf)
     coregistration_wfs = {}
@@ -98,12 +103,12 @@ def init_session_wf(
             continue
         coregistration_wfs[key] = init_coregistration_wf(
             key=key, image=data.files[key], t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir,
-            omp_nthreads=omp_nthreads, name=f"coregister_{key}_wf",
+            continue_on_qc_failure=continue_on_qc_failure, name=f"coregister_{key}_wf",
         )
         _connect_reference(workflow, anat_reference_wf, coregistration_wfs[key])
     dwi_wf, pet_wf = _add_dwi_and_pet_wfs(workflow, data=data, bids_dir=bids_dir, output_dir=output_dir,
-                                          omp_nthreads=omp_nthreads, anat_reference_wf=anat_reference_wf,
-                                          template_wf=template_wf)
+                                          anat_reference_wf=anat_reference_wf, template_wf=template_wf,
+                                          continue_on_qc_failure=continue_on_qc_failure)
     # Every space-T1w image a synthesis model may take, by channel (CHANNELS), as (workflow, output field); and the
     # acquired image each target stands for.
     preprocessed = {"T1w": (anat_reference_wf, "outputnode.t1w_preproc")}
@@ -122,7 +127,7 @@ def init_session_wf(
     if flair is None and synthesis["FLAIR"] is not None:
         flair = (synthesis["FLAIR"], "outputnode.synthetic")
     masks_wf, lesion_source = _add_masks_wf(workflow, data=data, bids_dir=bids_dir, output_dir=output_dir,
-                                            omp_nthreads=omp_nthreads, anat_reference_wf=anat_reference_wf,
+                                            anat_reference_wf=anat_reference_wf,
                                             template_wf=template_wf, coregistration_wfs=coregistration_wfs,
                                             flair=flair)
     for target, synthesis_wf in synthesis.items():  # each synthetic image against the acquired one
@@ -147,9 +152,9 @@ def _add_dwi_and_pet_wfs(
     data: SessionData,
     bids_dir: Path,
     output_dir: Path,
-    omp_nthreads: int,
     anat_reference_wf: pe.Workflow,
     template_wf: pe.Workflow,
+    continue_on_qc_failure: bool,
 ) -> tuple[pe.Workflow | None, pe.Workflow | None]:
     """Add the DWI (tensor maps) and PET (Logan DVR) workflows of the session; None for a modality it lacks."""
     dwi_wf = pet_wf = None
@@ -157,13 +162,13 @@ def _add_dwi_and_pet_wfs(
         bval, bvec = data.gradients
         dwi_wf = init_dwi_wf(
             dwi=data.files["DWI"], bval=bval, bvec=bvec, t1w=data.files["T1w"], bids_dir=bids_dir,
-            output_dir=output_dir, omp_nthreads=omp_nthreads, label=data.label,
+            output_dir=output_dir, label=data.label, continue_on_qc_failure=continue_on_qc_failure,
         )
         _connect_reference(workflow, anat_reference_wf, dwi_wf)
     if "PET" in data.files:
         pet_wf = init_pet_wf(
             pet=data.files["PET"], metadata=data.metadata["PET"], t1w=data.files["T1w"], bids_dir=bids_dir,
-            output_dir=output_dir, omp_nthreads=omp_nthreads, label=data.label,
+            output_dir=output_dir, label=data.label, continue_on_qc_failure=continue_on_qc_failure,
         )
         _connect_reference(workflow, anat_reference_wf, pet_wf)
         workflow.connect([
@@ -240,7 +245,6 @@ def _add_masks_wf(
     data: SessionData,
     bids_dir: Path,
     output_dir: Path,
-    omp_nthreads: int,
     anat_reference_wf: pe.Workflow,
     template_wf: pe.Workflow,
     coregistration_wfs: dict[str, pe.Workflow],
@@ -260,7 +264,7 @@ def _add_masks_wf(
         LOGGER.info("%s: no lesion mask given and no FLAIR (acquired or synthetic): lesion mask, NAWM and distance "
                     "to CSF are skipped (tissue probabilities are computed without lesion filling)", data.label)
     masks_wf = init_masks_wf(t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir,
-                             omp_nthreads=omp_nthreads, lesion_source=lesion_source, given=given)
+                             lesion_source=lesion_source, given=given)
     _connect_reference(workflow, anat_reference_wf, masks_wf, mask="brain_mask")
     workflow.connect([(template_wf, masks_wf, [("outputnode.xfm", "inputnode.template_xfm")])])
     if lesion_source == "automatic":

@@ -27,11 +27,11 @@ def init_pet_wf(
     t1w: Path,
     bids_dir: Path,
     output_dir: Path,
-    omp_nthreads: int,
     label: str,
     t_star_min: float = T_STAR_MIN,
     k2_ref_per_min: float | None = K2_REF_PER_MIN,
     estimator: Estimator = "multilinear",
+    continue_on_qc_failure: bool = False,
     name: str = "pet_wf",
 ) -> pe.Workflow:
     """Compute the voxel-wise Logan DVR of a dynamic PIB series and bring it into space-T1w.
@@ -49,12 +49,12 @@ def init_pet_wf(
         The session's raw T1w (space-T1w grid).
     bids_dir, output_dir
         Input dataset root and derivatives (staging) root.
-    omp_nthreads
-        Threads for ANTs.
     label
         ``sub-<L> ses-<S>`` prefix for error messages.
     t_star_min, k2_ref_per_min, estimator
         Logan parameters (see :mod:`msynth.preprocessing.pet`).
+    continue_on_qc_failure
+        On a registration that fails its QC, flag it (sidecar, log) instead of failing the session.
 
     Inputs
     ------
@@ -84,8 +84,8 @@ def init_pet_wf(
 
     pet_mean = pe.Node(PETMean(pet=str(pet), metadata=metadata, label=f"{label}: PET"), name="pet_mean", mem_gb=3)
     register_pet = pe.Node(RegisterToReference(key="PET", affine=False, initialization="centre-of-mass",
-                                               omp_nthreads=omp_nthreads), name="register_pet",
-                           n_procs=omp_nthreads, mem_gb=2)
+                                               continue_on_qc_failure=continue_on_qc_failure),
+                           name="register_pet", mem_gb=2)
     pet_to_template = pe.Node(ComposeTransforms(invert=[True, False]), name="pet_to_template")
     merge_xfms = pe.Node(niu.Merge(2), name="merge_xfms", run_without_submitting=True)
     cerebellar_gm_in_pet = pe.Node(ApplyTransform(), name="cerebellar_gm_in_pet", mem_gb=1)

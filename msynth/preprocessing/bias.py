@@ -11,7 +11,7 @@ import ants
 import nibabel as nib
 import numpy as np
 
-from msynth.preprocessing._io import output_path, write_like
+from msynth.preprocessing._io import load_3d, output_path, write_like
 
 LOGGER = logging.getLogger("msynth.preprocessing")
 
@@ -53,7 +53,7 @@ def n4_correct(
     Parameters
     ----------
     in_file
-        3-D image.
+        3-D image (a volume stored as ``(x, y, z, 1)`` is read as 3-D, :func:`~msynth.preprocessing._io.load_3d`).
     newpath
         Output directory.
     mask
@@ -73,7 +73,7 @@ def n4_correct(
     N4Result
         ``<stem>_n4.nii.gz`` and ``<stem>_n4field.nii.gz`` in ``newpath``.
     """
-    img = nib.load(in_file)
+    img = load_3d(in_file)
     data = np.asanyarray(img.dataobj).astype(np.float32)
     n_negative = int(np.count_nonzero(data < 0))
     if n_negative:

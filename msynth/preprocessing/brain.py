@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from msynth.preprocessing._io import output_path, write_like
+from msynth.preprocessing._io import load_3d, output_path, write_like
 
 LOGGER = logging.getLogger("msynth.preprocessing")
 
@@ -152,7 +152,8 @@ def deepbet_mask(
     img
         3-D whole-head image (T1-weighted; deepbet was trained on T1w).
     device
-        ``'auto'``: CUDA when torch sees a GPU, else CPU; ``'cuda'`` fails when there is none; ``'cpu'``.
+        ``'auto'``: CUDA when torch sees a GPU, else CPU; ``'cuda'``: CUDA, falling back to the CPU with a warning
+        when torch sees no GPU or the GPU runs out of memory; ``'cpu'``.
     threshold
         Probability above which a voxel is brain. 0.5 (deepbet's default) balances inclusion of the cortex surface
         against dura and sinus; lower values give larger masks.
@@ -168,15 +169,18 @@ def deepbet_mask(
     import torch
     from deepbet import BrainExtraction
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError('deepbet: device "cuda" was requested but torch sees no CUDA GPU; use --device cpu or auto')
-    use_gpu = device != "cpu" and torch.cuda.is_available()
-    LOGGER.info("deepbet on %s (threshold %.2f, n_dilate %d)", "cuda" if use_gpu else "cpu", threshold, n_dilate)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated", category=DeprecationWarning)
-        extractor = BrainExtraction(no_gpu=not use_gpu)
-    _, mask_img, _ = extractor.run(img, threshold=threshold, n_dilate=n_dilate)
-    return np.asanyarray(mask_img.dataobj) > 0
+    from msynth.models.inference import on_cpu_after_out_of_memory, select_device
+
+    def strip(on: torch.device) -> np.ndarray:
+        LOGGER.info("deepbet on %s (threshold %.2f, n_dilate %d)", on.type, threshold, n_dilate)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated", category=DeprecationWarning)
+            extractor = BrainExtraction(no_gpu=on.type == "cpu")
+        _, mask_img, _ = extractor.run(img, threshold=threshold, n_dilate=n_dilate)
+        return np.asanyarray(mask_img.dataobj) > 0
+
+    return on_cpu_after_out_of_memory(strip, select_device(device),
+                                      "CUDA ran out of memory in deepbet; stripping the skull on the CPU instead")
 
 
 def extract_brain(
@@ -209,7 +213,7 @@ def extract_brain(
     BrainMask
         The mask file ``<in_file stem>_brainmask.nii.gz`` and how it was made.
     """
-    img = nib.load(in_file)
+    img = load_3d(in_file)
     skull_stripped = is_skull_stripped(img, sidecar_meta)
     if skull_stripped:
         LOGGER.info("%s is skull-stripped: brain mask = its support, deepbet skipped", Path(in_file).name)

@@ -13,10 +13,12 @@ of a session before any work.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
 import math
+import os
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from msynth.preprocessing._io import squeeze_to
 
 LOGGER = logging.getLogger("msynth.preprocessing")
 
@@ -59,6 +63,17 @@ MAX_FOV_MM = 400.0
 #: axis at the coarsest level to compute gradients and to interpolate: 4 × 2 = 8. The bounds above already imply
 #: at least 5 (50 mm / 12 mm); this catches a thick-slab acquisition of a few slices.
 MIN_VOXELS_PER_AXIS = 8
+
+#: Peak memory of one session at the participant level ≈ ``MEMORY_BASE_GB`` + ``MEMORY_BYTES_PER_VOXEL`` × the voxels
+#: of the largest grid its work builds on the T1w field of view (:func:`session_grid_voxels`). Measured as the maximum
+#: resident set size (``/usr/bin/time -v``, ``--nprocs 1``: one process): the per-voxel part on a T1w-only session
+#: (``write_tiny_bids``: the MNI template, skull-stripped) at 4 mm (141 600 voxels: 1.28 GiB) and 1 mm (8 675 469
+#: voxels: 2.12 GiB), 106 bytes per voxel (N4, Atropos and the template registration on the T1w grid); the base on a
+#: whole session of the 4 mm phantom (every modality, deepbet, both shipped models; 144 000 voxels: 1.46 GiB), less
+#: its voxels' part. The 2 mm phantom (1 152 000 voxels) peaked at 1.43 GiB, below the 1.56 GiB estimated. The
+#: issue-17 T1w with 100 mm voxels would build a 2.2-billion-voxel grid for a 4 mm model: about 230 GiB.
+MEMORY_BASE_GB = 1.45
+MEMORY_BYTES_PER_VOXEL = 110.0
 
 _DWI_MIN_DIRECTIONS = 6
 _BVEC_NORM_TOLERANCE = 0.1
@@ -162,7 +177,8 @@ def _load_image(
 ) -> tuple[nib.Nifti1Image, np.ndarray]:
     """The checks of :func:`check_image`; returns the image and its (scaled) voxel array, read once."""
     if not path.is_file():
-        raise InputImageError(label, path, "file does not exist", "check the BIDS dataset and --bids-filter-file")
+        cause = f"is a broken symbolic link (to {os.readlink(path)})" if path.is_symlink() else "file does not exist"
+        raise InputImageError(label, path, cause, "check the BIDS dataset and --bids-filter-file")
     if path.stat().st_size == 0:
         raise InputImageError(label, path, "file is empty (0 bytes)", "re-export or re-copy the image")
     try:
@@ -174,9 +190,8 @@ def _load_image(
             "re-copy or re-convert the image (check the download or the DICOM conversion)",
         ) from exc
 
-    shape = tuple(int(s) for s in img.shape)
-    while len(shape) > expect_ndim and shape[-1] == 1:
-        shape = shape[:-1]
+    squeezed = squeeze_to(img, expect_ndim)
+    shape = tuple(int(s) for s in squeezed.shape)
     if 0 in shape:
         raise InputImageError(label, path, f"has an empty dimension {shape}", "re-export or re-convert the image")
     if len(shape) != expect_ndim:
@@ -185,11 +200,10 @@ def _load_image(
             label, path, f"has {len(shape)} dimensions {shape}; msynth expects {what}",
             "pass --bids-filter-file to select another run",
         )
-    if shape != img.shape:
+    if squeezed is not img:
         LOGGER.info("%s is stored with shape %s; msynth reads it as %s (trailing dimensions of length 1 dropped; "
                     "file: %s)", label, tuple(img.shape), shape, path)
-        data = data.reshape(shape)
-        img = img.__class__(data, img.affine, img.header)
+        img, data = squeezed, data.reshape(shape)
 
     n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
     if n_bad:
@@ -257,13 +271,13 @@ def check_geometry(img: nib.Nifti1Image, path: str | PathLike[str], *, label: st
         )
     if _outside(fov, MIN_FOV_MM, MAX_FOV_MM):
         raise InputImageError(
-            label, path, f"has a field of view of {_sizes(fov)} mm ({_sizes(shape)} voxels of {_sizes(zooms)} mm); "
+            label, path, f"has a field of view of {_sizes(fov)} mm ({_counts(shape)} voxels of {_sizes(zooms)} mm); "
             f"msynth accepts {MIN_FOV_MM:g}–{MAX_FOV_MM:g} mm per axis, a whole brain",
             "pass --bids-filter-file to select a whole-brain run, or check the voxel size in the header",
         )
     if np.any(shape < MIN_VOXELS_PER_AXIS):
         raise InputImageError(
-            label, path, f"has {_sizes(shape)} voxels; msynth needs at least {MIN_VOXELS_PER_AXIS} along each axis "
+            label, path, f"has {_counts(shape)} voxels; msynth needs at least {MIN_VOXELS_PER_AXIS} along each axis "
             "for its registration and bias-correction pyramids",
             "pass --bids-filter-file to select a run with more slices",
         )
@@ -275,8 +289,13 @@ def _outside(values: np.ndarray, low: float, high: float, rtol: float = 1e-4) ->
 
 
 def _sizes(values: np.ndarray) -> str:
-    """``0.3 × 0.3 × 6``: sizes or counts per axis for a message, 3 significant digits."""
+    """``0.3 × 0.3 × 6``: sizes per axis for a message, 3 significant digits."""
     return " × ".join(f"{float(v):.3g}" for v in values)
+
+
+def _counts(values: np.ndarray) -> str:
+    """``1250 × 1475 × 1200``: voxel counts per axis for a message."""
+    return " × ".join(str(int(v)) for v in values)
 
 
 def check_content(data: np.ndarray, path: str | PathLike[str], *, label: str) -> None:
@@ -304,6 +323,140 @@ def check_content(data: np.ndarray, path: str | PathLike[str], *, label: str) ->
     cause = "is all zero" if low == 0 else f"is constant (every voxel is {low:g})"
     raise InputImageError(label, path, f"{cause}: it holds no image",
                           "re-export or re-convert the image (check the DICOM conversion), or remove it")
+
+
+def session_grid_voxels(
+    shape: Sequence[int], zooms: Sequence[float], model_voxel_sizes: Sequence[float] = (),
+) -> tuple[int, str]:
+    """The largest voxel grid a session's work builds on its T1w: the T1w grid, or its field of view at a model's size.
+
+    The synthesis resamples its inputs onto the T1w's field of view at the model's voxel size
+    (:func:`msynth.preprocessing.resample.target_grid`: extent ÷ size, rounded, at least 1 voxel per axis).
+
+    Parameters
+    ----------
+    shape, zooms
+        The T1w's first three dimensions and voxel sides (mm).
+    model_voxel_sizes
+        Voxel sides (mm) of the models that will run (``voxel_size_mm`` of their cards).
+
+    Returns
+    -------
+    voxels : int
+    grid : str
+        Which grid, for a message, e.g. ``"the T1w grid 256 × 256 × 176"``.
+
+    Examples
+    --------
+    A 1 mm T1w, and the T1w with 100 mm voxels of issue 17 under a 4 mm model:
+
+    >>> session_grid_voxels((176, 256, 256), (1, 1, 1), [4.0])
+    (11534336, 'the T1w grid 176 × 256 × 256')
+    >>> session_grid_voxels((50, 59, 48), (100, 100, 100), [4.0])
+    (2212500000, 'the T1w field of view at 4 mm (1250 × 1475 × 1200)')
+    """
+    shape = np.asarray(shape[:3], dtype=int)
+    extent = shape * np.asarray(zooms[:3], dtype=float)
+    grids = [(int(np.prod(shape)), f"the T1w grid {_counts(shape)}")]
+    for size in model_voxel_sizes:
+        resampled = np.maximum(np.round(extent / size), 1).astype(int)
+        grids.append((int(np.prod(resampled)), f"the T1w field of view at {size:g} mm ({_counts(resampled)})"))
+    return max(grids, key=lambda grid: grid[0])
+
+
+def estimate_memory_gb(grid_voxels: int) -> float:
+    """Peak memory (GiB) of one session whose largest grid has ``grid_voxels`` voxels (see :data:`MEMORY_BASE_GB`)."""
+    return MEMORY_BASE_GB + MEMORY_BYTES_PER_VOXEL * grid_voxels / 2**30
+
+
+def available_memory_gb(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> float:
+    """Memory (GiB) this process may use: the machine's available memory, capped by its control-group limits.
+
+    Containers and batch jobs (SLURM, Kubernetes) limit the memory of the job's control group: ``memory.max``
+    (cgroup v2) or ``memory.limit_in_bytes`` (v1); the limits of the process's group and of every group above it
+    count. Without ``/proc`` (not Linux), the machine's physical memory.
+
+    Parameters
+    ----------
+    proc, cgroup_root
+        Where the proc and cgroup file systems are mounted.
+    """
+    try:
+        meminfo = (proc / "meminfo").read_text()
+    except OSError:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    available = next(int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:"))
+    limits = [available]
+    for limit in _cgroup_limit_files(proc / "self" / "cgroup", cgroup_root):
+        with contextlib.suppress(OSError, ValueError):
+            limits.append(int(limit.read_text().strip()))  # "max" (no limit) is a ValueError
+    return min(limits) / 2**30
+
+
+def _cgroup_limit_files(membership: Path, cgroup_root: Path) -> list[Path]:
+    """The memory-limit files of this process's control group and of the groups above it (v2 and v1)."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return []
+    files = []
+    for line in lines:  # "0::/job/step" (v2) or "4:memory:/job/step" (v1)
+        _, controllers, group = line.split(":", 2)
+        if controllers == "":
+            root, name = cgroup_root, "memory.max"
+        elif "memory" in controllers.split(","):
+            root, name = cgroup_root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        folder = root / group.strip().lstrip("/")
+        files += [folder / name, *(parent / name for parent in folder.parents if parent.is_relative_to(root))]
+    return files
+
+
+def check_memory(
+    img: nib.Nifti1Image,
+    path: str | PathLike[str],
+    *,
+    label: str,
+    model_voxel_sizes: Sequence[float] = (),
+    budget_gb: float | None = None,
+) -> float:
+    """Refuse a session whose estimated peak memory exceeds the budget, before any work.
+
+    Parameters
+    ----------
+    img
+        The session's T1w (its header is enough: nothing is read).
+    path
+        Its file, named in the message.
+    label
+        Prefix for messages naming subject and session, e.g. ``"sub-03 ses-t1: T1w"``.
+    model_voxel_sizes
+        Voxel sides (mm) of the models that will run on the session.
+    budget_gb
+        Memory msynth may use (GiB); ``None``: :func:`available_memory_gb`.
+
+    Returns
+    -------
+    float
+        The estimate (GiB).
+
+    Raises
+    ------
+    InputImageError
+        Naming the grid, the estimate and the budget.
+    """
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    voxels, grid = session_grid_voxels(img.shape, zooms, model_voxel_sizes)
+    estimate = estimate_memory_gb(voxels)
+    budget = available_memory_gb() if budget_gb is None else budget_gb
+    if estimate > budget:
+        raise InputImageError(
+            label, path, f"would need about {estimate:.1f} GiB of memory ({grid}, {voxels:,} voxels), more than the "
+            f"{budget:.1f} GiB {'available' if budget_gb is None else 'allowed'}",
+            "check the voxel size in the header, or run on a machine (or job) with more memory",
+        )
+    return estimate
 
 
 def _check_affine(img: nib.Nifti1Image, path: Path, *, label: str, tolerance_mm: float) -> None:
@@ -368,8 +521,8 @@ def check_dwi(
     """
     img = check_image(dwi, label=label, expect_ndim=4)
     n_volumes = img.shape[3]
-    bvals = _read_table(bval, label=label, kind=".bval")
-    bvecs = _read_table(bvec, label=label, kind=".bvec")
+    bvals = _read_table(bval, label=label, kind=".bval", series=dwi)
+    bvecs = _read_table(bvec, label=label, kind=".bvec", series=dwi)
     bvals = bvals.ravel() if bvals.ndim == 2 and 1 in bvals.shape else bvals
     if bvals.ndim != 1:
         raise InputImageError(label, bval, f".bval has shape {bvals.shape}; BIDS expects one row of b-values",
@@ -406,10 +559,14 @@ def check_dwi(
     return bvals, bvecs.T
 
 
-def _read_table(path: str | PathLike[str] | None, *, label: str, kind: str) -> np.ndarray:
-    """Read a whitespace-separated table of finite numbers, translating failures into InputImageError."""
+def _read_table(path: str | PathLike[str] | None, *, label: str, kind: str, series: str | PathLike[str]) -> np.ndarray:
+    """Read a whitespace-separated table of finite numbers, translating failures into InputImageError.
+
+    A missing table is named by the file BIDS expects beside the ``series`` it belongs to.
+    """
     if path is None or not Path(path).is_file():
-        raise InputImageError(label, path or f"<no {kind}>", f"has no {kind} file",
+        expected = path or Path(series).with_name(Path(series).name.split(".")[0] + kind)
+        raise InputImageError(label, expected, f"has no {kind} file",
                               f"add the {kind} beside the DWI series (BIDS requires it)")
     try:
         with warnings.catch_warnings():

@@ -32,7 +32,7 @@ LOGGER = logging.getLogger("msynth.preprocessing")
 
 PathOrStr = str | PathLike[str]
 Interpolation = Literal["linear", "nearestNeighbor", "genericLabel", "bSpline", "lanczosWindowedSinc", "gaussian"]
-Initialization = Literal["scanner", "centre-of-mass", "geometric-centre", "origin"]
+Initialization = Literal["scanner", "centre-of-mass", "geometric-centre", "origin", "multi-start"]
 
 #: An intra-subject affine scaling any axis by more than this (or less than its inverse) is reported as suspect.
 MAX_PLAUSIBLE_SCALE = 1.15
@@ -88,6 +88,11 @@ def write_affine(matrix: np.ndarray, out_xfm: PathOrStr) -> Path:
     ants.write_transform(tx, str(out_xfm))
     return out_xfm
 
+
+#: Rotations (degrees, ± about each axis) of the extra starts of ``initialization="multi-start"``.
+START_ROTATIONS_DEG = (20.0,)
+#: Iterations of the rigid registration at the coarsest level run from each start.
+START_ITERATIONS = 200
 
 #: Resolution levels of the registration pyramid: shrink factor → (smoothing sigma in mm, iterations).
 PYRAMID = {4: (2.0, 1000), 2: (1.0, 500), 1: (0.0, 250)}
@@ -148,8 +153,12 @@ def register_to_reference(
         ``from-<key>_to-T1w_mode-image_xfm.mat`` of DESIGN.md.
     initialization
         ``"scanner"`` starts from the images' own world coordinates (identity), right for images of one session,
-        which the scanner already places within a few millimetres; the others start from a translation aligning
-        the centres of mass, the geometric centres of the grids, or the grid origins.
+        which the scanner already places within a few millimetres; ``"centre-of-mass"``, ``"geometric-centre"`` and
+        ``"origin"`` start from a translation aligning the centres of mass, the geometric centres of the grids, or
+        the grid origins; ``"multi-start"`` (needs ``fixed_mask``) runs a coarse rigid registration from each of
+        :func:`rotated_starts` (:data:`START_ROTATIONS_DEG`) and continues from the one whose Mattes MI
+        (:func:`mattes_mi`) is best: a centre-of-mass start missed a head tilted by 15–27° by as many millimetres,
+        the multi-start by under 1.5 mm (``benchmarks/results/registration_repeats.md``).
     histogram_bins, sampling_rate
         Mattes mutual information: joint-histogram bins and the fraction of fixed voxels sampled (on a regular grid).
     shrink_factors, smoothing_sigmas_mm, iterations
@@ -159,7 +168,9 @@ def register_to_reference(
     convergence_threshold
         Stop a level when the metric's slope over its last 10 iterations is below this.
     random_seed
-        Seed of the metric sampling (with several ITK threads the result can still vary in the last digits).
+        Seed of the metric sampling. The result is repeatable to the byte only with one ITK thread: with two, the
+        metric's sums change order from run to run, and template → T1w repeats spread over 1.4 mm on the 4 mm phantom
+        (``benchmarks/results/registration_repeats.md``).
     affine
         Follow the rigid stage by an affine one (12 parameters); ``False`` stops at rigid, the physically right
         model within one head when the images are too coarse to pin down scaling and shear.
@@ -174,39 +185,110 @@ def register_to_reference(
     """
     if not len(shrink_factors) == len(smoothing_sigmas_mm) == len(iterations):
         raise ValueError("shrink_factors, smoothing_sigmas_mm and iterations need one entry per level")
+    if initialization == "multi-start" and fixed_mask is None:
+        raise ValueError("initialization='multi-start' needs the fixed image's brain mask (fixed_mask)")
     out_xfm = Path(out_xfm)
     out_xfm.parent.mkdir(parents=True, exist_ok=True)
     fixed, moving = str(fixed), str(moving)
-    levels = [
-        "--convergence", f"[{'x'.join(map(str, iterations))},{convergence_threshold},10]",
-        "--shrink-factors", "x".join(map(str, shrink_factors)),
-        "--smoothing-sigmas", "x".join(f"{s:g}" for s in smoothing_sigmas_mm) + "mm",
-    ]
-    stages = ("Rigid", "Affine") if affine else ("Rigid",)
-    initial = (
-        [] if initialization == "scanner"
-        else ["--initial-moving-transform", f"[{fixed},{moving},{_ANTS_INIT[initialization]}]"]
-    )
     metric = f"MI[{fixed},{moving},1,{histogram_bins},Regular,{sampling_rate}]"
     masks = ["--masks", str(fixed_mask)] if fixed_mask is not None else []
-    with tempfile.TemporaryDirectory(dir=out_xfm.parent) as tmp:
-        prefix = f"{tmp}/reg_"
-        args = [
+
+    def run(initial: list[str], stages: tuple[str, ...], levels: list[str], prefix: str) -> str:
+        ants.registration([
             "--dimensionality", "3", "--float", "0", "--collapse-output-transforms", "1",
             "--output", prefix, "--interpolation", "Linear", "--use-histogram-matching", "0",
-            "--winsorize-image-intensities", "[0.005,0.995]",
-            *initial,
+            "--winsorize-image-intensities", "[0.005,0.995]", *initial,
             *[arg for stage in stages for arg in ("--transform", f"{stage}[0.1]", "--metric", metric, *levels, *masks)],
             "--random-seed", str(random_seed),
-        ]
-        LOGGER.info("antsRegistration (%s, MI) %s → %s", " → ".join(stages).lower(), Path(moving).name, Path(fixed).name)
-        ants.registration(args, None)
-        shutil.move(f"{prefix}0GenericAffine.mat", out_xfm)
+        ], None)
+        return f"{prefix}0GenericAffine.mat"
+
+    stages = ("Rigid", "Affine") if affine else ("Rigid",)
+    levels = _levels(shrink_factors, smoothing_sigmas_mm, iterations, convergence_threshold)
+    LOGGER.info("antsRegistration (%s, MI) %s → %s", " → ".join(stages).lower(), Path(moving).name,
+                Path(fixed).name)
+    with tempfile.TemporaryDirectory(dir=out_xfm.parent) as tmp:
+        if initialization == "scanner":
+            initial = []
+        elif initialization == "multi-start":
+            coarse = _levels(shrink_factors[:1], smoothing_sigmas_mm[:1], (START_ITERATIONS,), convergence_threshold)
+            scored = []
+            for index, start in enumerate(rotated_starts(fixed_mask, moving, START_ROTATIONS_DEG)):
+                xfm = run(["--initial-moving-transform", str(write_affine(start, f"{tmp}/start{index}.mat"))],
+                          ("Rigid",), coarse, f"{tmp}/start{index}_")
+                scored.append((mattes_mi(fixed, moving, xfm, fixed_mask, bins=histogram_bins), index, xfm))
+            best_value, best, best_xfm = min(scored)
+            LOGGER.info("multi-start: start %d of %d scored best (Mattes MI %.4f)", best, len(scored), best_value)
+            initial = ["--initial-moving-transform", best_xfm]
+        else:
+            initial = ["--initial-moving-transform", f"[{fixed},{moving},{_ANTS_INIT[initialization]}]"]
+        shutil.move(run(initial, stages, levels, f"{tmp}/reg_"), out_xfm)
     scales = np.linalg.svd(read_affine(out_xfm)[:3, :3], compute_uv=False)
     if max_scale is not None and (scales.max() > max_scale or scales.min() < 1 / max_scale):
         LOGGER.warning("%s → %s: the affine scales by %s, implausible for one subject; check the registration",
                        Path(moving).name, Path(fixed).name, np.round(scales, 3).tolist())
     return out_xfm
+
+
+def _levels(shrink_factors: tuple[int, ...], smoothing_sigmas_mm: tuple[float, ...], iterations: tuple[int, ...],
+            convergence_threshold: float) -> list[str]:
+    """antsRegistration arguments of one stage's resolution levels."""
+    return [
+        "--convergence", f"[{'x'.join(map(str, iterations))},{convergence_threshold},10]",
+        "--shrink-factors", "x".join(map(str, shrink_factors)),
+        "--smoothing-sigmas", "x".join(f"{s:g}" for s in smoothing_sigmas_mm) + "mm",
+    ]
+
+
+def _centre_lps(img: nib.Nifti1Image) -> np.ndarray:
+    """Intensity-weighted centre (LPS mm) of an image's positive voxels."""
+    data = np.asanyarray(img.dataobj).astype(float)
+    ijk = np.nonzero(data > 0)
+    weights = data[ijk]
+    points = _LPS @ img.affine @ np.vstack([*ijk, np.ones(ijk[0].size)])
+    return (points[:3] * weights).sum(axis=1) / weights.sum()
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    """3×3 rotation by ``degrees`` about coordinate axis ``axis`` (0, 1, 2)."""
+    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+    i, j = [k for k in range(3) if k != axis]
+    out = np.eye(3)
+    out[i, i], out[i, j], out[j, i], out[j, j] = c, -s, s, c
+    return out
+
+
+def rotated_starts(fixed_mask: PathOrStr, moving: PathOrStr, degrees: Sequence[float]) -> list[np.ndarray]:
+    """Rigid starts: the centres aligned (fixed brain mask → moving intensities), then rotated about that centre.
+
+    One start without rotation and, for each angle in ``degrees``, one rotation by ± that angle about each axis.
+
+    Returns
+    -------
+    list of numpy.ndarray, shape (4, 4)
+        LPS matrices mapping fixed points to moving points (the module's convention).
+    """
+    c_fixed, c_moving = _centre_lps(nib.load(fixed_mask)), _centre_lps(nib.load(moving))
+    rotations = [np.eye(3)] + [_rotation(axis, sign * angle) for angle in degrees for axis in range(3)
+                               for sign in (1, -1)]
+    starts = []
+    for rotation in rotations:
+        start = np.eye(4)
+        start[:3, :3] = rotation
+        start[:3, 3] = c_moving - rotation @ c_fixed
+        starts.append(start)
+    return starts
+
+
+def mattes_mi(fixed: PathOrStr, moving: PathOrStr, xfm: PathOrStr, fixed_mask: PathOrStr | None,
+              *, bins: int = 32) -> float:
+    """The registration metric at a transform: Mattes mutual information (ANTs sign: lower is better) of the fixed
+    image and the moving image resampled onto it, over every voxel of the fixed mask."""
+    fixed_img = ants.image_read(str(fixed))
+    warped = ants.apply_transforms(fixed=fixed_img, moving=ants.image_read(str(moving)), transformlist=[str(xfm)],
+                                   interpolator="linear", defaultvalue=0)
+    mask = None if fixed_mask is None else ants.image_read(str(fixed_mask))
+    return float(ants.image_similarity(fixed_img, warped, metric_type="MattesMutualInformation", fixed_mask=mask))
 
 
 def apply_transform(

@@ -33,7 +33,6 @@ Method
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -389,7 +388,6 @@ def segment_tissues(
     priors: SubjectPriors,
     newpath: PathOrStr,
     lesion_mask: PathOrStr | None = None,
-    omp_nthreads: int = 1,
     prior_weight: float = PRIOR_WEIGHT,
 ) -> TissueResult:
     """GM, WM and CSF probabilities of a T1w, on a lesion-filled T1w when a lesion mask is given.
@@ -408,14 +406,11 @@ def segment_tissues(
         Output directory.
     lesion_mask
         Binary lesion mask on the T1w grid, or ``None`` (no filling).
-    omp_nthreads
-        ITK threads.
 
     Returns
     -------
     TissueResult
     """
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(omp_nthreads)
     newpath = Path(newpath)
     newpath.mkdir(parents=True, exist_ok=True)
     ref = nib.load(t1w)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,12 @@ DEFAULT_QUERIES: dict[str, dict[str, object]] = {
 CLAIMED_BY: dict[str, tuple[str, ...]] = {"T1w": ("T1SE",), "T2w": ("DIR",)}
 
 IMAGE_EXTENSIONS = [".nii", ".nii.gz"]
+
+#: Top-level folders pybids does not index (its default ignore list, and derivatives, indexed separately).
+NOT_INDEXED = frozenset({"code", "derivatives", "models", "sourcedata", "stimuli"})
+
+#: Entities that never tell two runs of one modality of one session apart in a filter file.
+_FIXED_ENTITIES = frozenset({"subject", "session", "datatype", "suffix", "extension"})
 
 
 @dataclass
@@ -119,14 +126,72 @@ def _to_query_value(value: object) -> object:
     return value
 
 
+def find_symlink_loops(bids_dir: Path) -> list[Path]:
+    """Symbolic links of a dataset that lead back to themselves or to a folder above them.
+
+    pybids follows symbolic links to folders, so a link to a folder above it (``sub-01/anat/loop -> ..``) makes it
+    index the same files again under ever longer paths (41 matches for one T1w), and a link that leads back to
+    itself cannot be opened. Hidden folders and the folders pybids does not index (:data:`NOT_INDEXED`) are not
+    searched; broken links are left to the image checks, which name them when a query selects them.
+
+    Parameters
+    ----------
+    bids_dir
+        The raw dataset.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The looping links, in walk order.
+    """
+    loops = []
+    for folder, dirnames, filenames in os.walk(bids_dir):  # symbolic links to folders are listed, not entered
+        top = Path(folder) == Path(bids_dir)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (top and d in NOT_INDEXED)]
+        for name in dirnames + filenames:
+            link = Path(folder) / name
+            if not link.is_symlink():
+                continue
+            try:
+                target = link.resolve(strict=True)
+            except FileNotFoundError:
+                continue
+            except (RuntimeError, OSError):  # a link leading back to itself: RuntimeError up to Python 3.12
+                loops.append(link)
+                continue
+            parent = Path(folder).resolve()
+            if target == parent or target in parent.parents:
+                loops.append(link)
+    return loops
+
+
+def check_symlink_loops(bids_dir: Path) -> None:
+    """Stop, on one line naming the links, when the dataset has symbolic link loops (:func:`find_symlink_loops`).
+
+    Run before anything walks the dataset: the BIDS validator reports such a loop as 40 errors, pybids indexes it.
+
+    Raises
+    ------
+    UsageError
+    """
+    loops = find_symlink_loops(bids_dir)
+    if loops:
+        raise UsageError(
+            f"{bids_dir} has {len(loops)} symbolic link loop(s) (a link to itself or to a folder above it): "
+            f"{', '.join(str(link) for link in loops)} — remove or fix the link(s)"
+        )
+
+
 def open_layout(bids_dir: Path) -> BIDSLayout:
     """Index the raw dataset (derivatives excluded) with pybids.
 
     Raises
     ------
     UsageError
-        pybids cannot read a file of the dataset (for example a sidecar that is not valid JSON).
+        The dataset has a symbolic link loop (:func:`check_symlink_loops`), or pybids cannot read a file of the
+        dataset (for example a sidecar that is not valid JSON).
     """
+    check_symlink_loops(bids_dir)
     try:
         return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
     except (OSError, ValueError) as err:
@@ -138,8 +203,8 @@ def collect_session(
 ) -> SessionData:
     """Find one file per modality for a session.
 
-    When a query matches several files, the first in sorted order is used and the others are
-    logged, so a user knows to narrow the query with ``--bids-filter-file``.
+    When a query matches several files, the first in sorted order is used and a warning names them all
+    (:func:`duplicate_message`), so a user knows to narrow the query with ``--bids-filter-file``.
     """
     data = SessionData(subject=subject, session=session)
     scope = {"subject": subject, "session": session if session else Query.NONE}
@@ -155,14 +220,34 @@ def collect_session(
         data.metadata[key] = dict(layout.get_metadata(str(found[0])))
         if len(found) > 1:
             data.extra_runs[key] = found[1:]
-            LOGGER.warning(
-                "%s: %d %s images match; using %s — select another with --bids-filter-file",
-                data.label, len(found), key, found[0].name,
-            )
+            LOGGER.warning(duplicate_message(layout, data.label, key, found))
     if "DWI" in data.files:
         dwi = data.files["DWI"]
         data.gradients = (_companion(layout, dwi, ".bval"), _companion(layout, dwi, ".bvec"))
     return data
+
+
+def duplicate_message(layout: BIDSLayout, label: str, key: str, found: list[Path]) -> str:
+    """The warning for several files matching one modality: their names, the one used, the filter that picks it.
+
+    The filter holds the entities in which some other file differs from the one used (``null`` where the one used
+    has none), so that it selects exactly that file; another file is selected by its own values of them.
+
+    Examples
+    --------
+    ``sub-01 ses-1: 2 T1w images match (sub-01_ses-1_T1w.nii.gz, sub-01_ses-1_acq-MPRAGE_T1w.nii.gz); using
+    sub-01_ses-1_T1w.nii.gz, which --bids-filter-file selects with {"T1w": {"acquisition": null}} — write the
+    values of another file to use it``
+    """
+    entities = [layout.parse_file_entities(str(path)) for path in found]
+    used = entities[0]
+    names = sorted(set().union(*entities) - _FIXED_ENTITIES)
+    selector = {name: used.get(name) for name in names if any(e.get(name) != used.get(name) for e in entities[1:])}
+    listing = f"{len(found)} {key} images match ({', '.join(path.name for path in found)}); using {found[0].name}"
+    if not selector:
+        return f"{label}: {listing} — they differ only in their extension: remove the others"
+    return (f"{label}: {listing}, which --bids-filter-file selects with {json.dumps({key: selector})} — write the "
+            "values of another file to use it")
 
 
 def _companion(layout: BIDSLayout, dwi: Path, extension: str) -> Path | None:

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import filecmp
 import json
+import logging
 import os
+import socket
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from bids.layout import parse_file_entities
 
 import msynth
+
+LOGGER = logging.getLogger("msynth.derivatives")
+
+#: Hidden folder of OUTPUT_DIR where data sinks write before a run is published (same file system as the outputs).
+STAGING_FOLDER = ".msynth-staging"
 
 #: Entity order of derivative names; ``from/to/mode`` name transforms, ``model/param/meas`` parametric maps.
 ENTITY_ORDER: tuple[str, ...] = (
@@ -26,6 +40,7 @@ _SOURCE_ENTITIES = {
 #: crash-report folder of Nipype: the validator is told to leave them alone, nothing else.
 BIDSIGNORE = """\
 *_xfm.mat
+*_xfm.json
 *_dwimap.nii.gz
 *_dwimap.json
 *_mimap.nii.gz
@@ -122,33 +137,206 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file so that readers see the old file or the new one, never half of one."""
+#: Name prefix of the temporaries that :func:`atomic_target` renames into place; a leftover one (a killed process)
+#: is removed by :func:`remove_temporaries`.
+TMP_PREFIX = ".msynth-tmp-"
+#: errno values of a link that the file system refuses (no hard links there): the file is copied instead.
+_NO_HARD_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; renamed onto ``path`` when the block ends, removed if it fails.
+
+    Readers see the old file or the new one, never half of one, and a failed write (a full disk) leaves nothing. The
+    temporary's name is unique (several processes may write the same file: SLURM array tasks sharing OUTPUT_DIR
+    write its dataset description) and ends like ``path`` (nibabel picks the format from it). An OSError that names no
+    file (a full disk met by a compressed stream) is raised again naming ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through :func:`atomic_target`."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_copy(source: Path, target: Path) -> None:
-    """Copy a file into place through a temporary name in the target folder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    """Copy a file into place through :func:`atomic_target`."""
+    with atomic_target(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Remove the :func:`atomic_target` temporaries that a killed process left under ``folder``."""
+    leftovers = sorted(folder.rglob(f"{TMP_PREFIX}*")) if folder.is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def publish_staged(staging_dir: Path, output_dir: Path) -> list[Path]:
-    """Move every file of a finished participant from its staging folder into the derivatives.
+    """Move every file of a finished run from its staging folder into the derivatives, then remove the folder.
 
-    Staging lives inside ``output_dir``, so each move is an atomic rename on one file system; a
-    participant whose workflow failed is never published and keeps its previous outputs.
+    Staging lives inside ``output_dir``, so each move is an atomic rename on one file system; a run whose workflow
+    failed is never published and keeps its previous outputs.
     """
     published = []
-    for source in sorted(p for p in staging_dir.rglob("*") if p.is_file()):
+    for source in _staged_files(staging_dir):
         target = output_dir / source.relative_to(staging_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
         published.append(target)
     shutil.rmtree(staging_dir, ignore_errors=True)
     return published
+
+
+class Publication(NamedTuple):
+    """The derivatives a :func:`link_staged` call wrote, and those already up to date."""
+
+    written: list[Path]
+    unchanged: list[Path]
+
+
+def link_staged(staging_dir: Path, output_dir: Path) -> Publication:
+    """Publish every file of a finished participant by hard link; the staging folder stays, as the sinks' cache.
+
+    The data sinks' cached results point into the staging folder: kept, it lets a rerun with the same work directory
+    run no node at all, and a rerun still restores an output the user deleted. Staging lives inside ``output_dir``,
+    so a link costs no space and each one is renamed into place atomically; an output that already is the staged
+    file (or has its bytes) is left untouched, mtime included. Where the file system has no hard links, files are
+    copied.
+    """
+    written, unchanged = [], []
+    for source in _staged_files(staging_dir):
+        target = output_dir / source.relative_to(staging_dir)
+        if target.is_file() and _same_bytes(source, target):
+            unchanged.append(target)
+            continue
+        with atomic_target(target) as tmp:
+            _link_or_copy(source, tmp)
+        written.append(target)
+    return Publication(written, unchanged)
+
+
+def _staged_files(staging_dir: Path) -> list[Path]:
+    return sorted(p for p in staging_dir.rglob("*") if p.is_file() and not p.name.startswith(TMP_PREFIX))
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINK:
+            raise
+        shutil.copyfile(source, target)
+
+
+class StagingBusy(RuntimeError):
+    """Another process holds the staging folder, and so the outputs, of a participant."""
+
+
+class Staging:
+    """The staging folder of one participant, held under a lock for the whole of its run (a context manager).
+
+    ``OUTPUT_DIR/.msynth-staging/<name>.lock`` is locked with ``fcntl.flock``: a second process on the same
+    participant (a resubmitted SLURM task) is refused with :class:`StagingBusy`, and the kernel releases the lock of
+    a killed process. The lock file records the run holding it and the state of its folder ``<run id>_<name>``:
+    ``running``, then ``published``. On entry, a folder left ``published`` is reused (the sinks' cache, see
+    :func:`link_staged`); any other folder of the participant was left by a failed or killed run and is removed, as
+    are the temporaries a killed publish left in ``OUTPUT_DIR/<name>``. On exit, a folder that was not published is
+    removed: a run's partial files never outlive it.
+    """
+
+    def __init__(self, output_dir: Path, name: str, run_id: str) -> None:
+        self.output_dir, self.name, self.run_id = output_dir, name, run_id
+        self.root = output_dir / STAGING_FOLDER
+        self.folder = self.root / f"{run_id}_{name}"
+        self._lock_file = self.root / f"{name}.lock"
+        self._handle = None
+        self._published = False
+
+    def __enter__(self) -> Staging:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self._lock_file, "a+")  # noqa: SIM115 - held until __exit__
+        try:
+            self._lock()
+            previous = self._read_state()
+            kept = previous.get("folder")
+            if previous.get("state") == "published" and kept and (self.root / kept).is_dir():
+                self.folder = self.root / kept
+            for stale in sorted(self.root.glob(f"*_{self.name}")):
+                if stale != self.folder:
+                    LOGGER.warning("%s: removing %s, left by run %s, which did not finish", self.name, stale,
+                                   previous.get("run_id", "?"))
+                    shutil.rmtree(stale)
+            leftovers = remove_temporaries(self.output_dir / self.name)
+            if leftovers:
+                LOGGER.warning("%s: removed %d temporary files left by an interrupted publish", self.name,
+                               len(leftovers))
+            self._write_state("running")
+        except BaseException:
+            self._handle.close()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if not self._published:
+                shutil.rmtree(self.folder, ignore_errors=True)
+        finally:
+            self._handle.close()  # releases the lock
+
+    def publish(self) -> Publication:
+        """Link the staged files into the derivatives (:func:`link_staged`) and mark the folder published."""
+        publication = link_staged(self.folder, self.output_dir)
+        self._write_state("published")
+        self._published = True
+        return publication
+
+    def _lock(self) -> None:
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._read_state()
+            raise StagingBusy(
+                f"another msynth process (run {holder.get('run_id', '?')}, pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}) is processing {self.name} into {self.output_dir}; left to it — wait for "
+                "it to finish, or give each participant to one process"
+            ) from None
+        except OSError as error:  # some network file systems (Lustre without -o flock) have no flock
+            LOGGER.warning("%s: %s cannot be locked (%s); msynth cannot tell whether another process works on %s — "
+                           "give each participant to one process", self.name, self._lock_file, error.strerror,
+                           self.name)
+
+    def _read_state(self) -> dict[str, str]:
+        self._handle.seek(0)
+        try:
+            state = json.loads(self._handle.read() or "{}")
+        except json.JSONDecodeError:  # a write cut short by a kill
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _write_state(self, state: str) -> None:
+        record = {"state": state, "folder": self.folder.name, "run_id": self.run_id, "pid": os.getpid(),
+                  "host": socket.gethostname()}
+        self._handle.truncate(0)
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()

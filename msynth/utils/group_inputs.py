@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from msynth.analysis.myelin import ACQUIRED
+from msynth.utils.tabular_checks import (
+    EDSS_STEP,
+    TableError,
+    age_problem,
+    check_clinical_tables,
+    edss_problem,
+    read_tsv,
+)
 
 LOGGER = logging.getLogger("msynth.group")
 
@@ -111,10 +120,6 @@ def _session_maps(output_dir: Path, label: str, session: str | None) -> tuple[Se
     return SessionMaps(session=session, prefix=prefix, dvr=dvr, **{k: found[k] for k in REQUIRED}, **optional), []
 
 
-def _read_tsv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a"], keep_default_na=False)
-
-
 def _natural(label: str) -> list[object]:
     """Sort key that puts ``2`` before ``10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label)]
@@ -132,7 +137,7 @@ def _sessions_of(bids_dir: Path, label: str) -> list[str | None]:
     listed: list[str] = []
     path = bids_dir / f"sub-{label}" / f"sub-{label}_sessions.tsv"
     if path.is_file():
-        table = _read_tsv(path)
+        table = read_tsv(path)
         if "session_id" in table.columns:
             if "acq_time" in table.columns:
                 table = table.assign(order=pd.to_datetime(table["acq_time"], errors="coerce")).sort_values(
@@ -146,16 +151,20 @@ def _baseline_edss(bids_dir: Path, label: str, session: str | None) -> tuple[flo
     path = bids_dir / f"sub-{label}" / f"sub-{label}_sessions.tsv"
     if not path.is_file():
         return None, f"sub-{label}: no EDSS ({path.name} is missing)"
-    table = _read_tsv(path)
+    table = read_tsv(path)
     for column in ("session_id", "edss"):
         if column not in table.columns:
             return None, f"sub-{label}: no EDSS ({path.name} has no '{column}' column)"
     rows = table[table["session_id"] == f"ses-{session}"] if session else table
     if rows.empty:
         return None, f"sub-{label}: no EDSS for ses-{session} in {path.name}"
-    value = pd.to_numeric(rows["edss"].iloc[0], errors="coerce")
+    value, line = rows["edss"].iloc[0], rows.index[0]
+    where = f"sub-{label}: EDSS of ses-{session} in {path.name}"
     if pd.isna(value):
-        return None, f"sub-{label}: EDSS of ses-{session} in {path.name} is {rows['edss'].iloc[0]!r}, not a number"
+        return None, f"{where} is n/a (line {line}); the EDSS regression needs the baseline EDSS of every patient"
+    cause = edss_problem(value)
+    if cause:
+        return None, f"{where} is {value!r}, {cause} (line {line}; EDSS is 0–10 in steps of {EDSS_STEP:g})"
     return float(value), None
 
 
@@ -170,12 +179,21 @@ def collect_group_inputs(bids_dir: Path, output_dir: Path, labels: list[str] | N
         The participant level's derivatives.
     labels
         Participants to use (default: every participant of ``participants.tsv``).
+
+    A malformed ``participants.tsv`` or ``sessions.tsv`` is a problem; a bad sex, group, age or EDSS value is a note
+    (:func:`msynth.utils.tabular_checks.check_clinical_tables`) and reads as n/a, except a patient's baseline EDSS,
+    which the EDSS regression needs: its absence is a problem.
     """
     problems: list[str] = []
-    table = _read_tsv(bids_dir / "participants.tsv")
+    path = bids_dir / "participants.tsv"
+    try:
+        notes = check_clinical_tables(bids_dir, labels or None)  # bad values: notes; a malformed table: stop
+        table = read_tsv(path)
+    except TableError as err:
+        return GroupInputs([], [], [str(err)])
     absent = [c for c in ("participant_id", "group", "age", "sex") if c not in table.columns]
     if absent:
-        return GroupInputs([], [], [f"{bids_dir / 'participants.tsv'} has no column {', '.join(absent)}"])
+        return GroupInputs([], [], [f"{path} has no column {', '.join(absent)}"])
     table["label"] = table["participant_id"].str.removeprefix("sub-")
     if labels:
         table = table[table["label"].isin(labels)]
@@ -198,7 +216,7 @@ def collect_group_inputs(bids_dir: Path, output_dir: Path, labels: list[str] | N
             edss, why = _baseline_edss(bids_dir, row.label, maps[0].session)
             if why:
                 problems.append(why)
-        age = float(pd.to_numeric(row.age, errors="coerce"))
+        age = math.nan if pd.isna(row.age) or age_problem(row.age) else float(row.age)
         participants.append(ParticipantMaps(label=row.label, group=row.group, age=age, sex=row.sex,
                                             edss=edss, sessions=maps))
         sources += [s for m in maps for s in m.dvr if s not in sources]
@@ -213,7 +231,6 @@ def collect_group_inputs(bids_dir: Path, output_dir: Path, labels: list[str] | N
     if controls and not any(p.sessions[0].dvr for p in controls):
         problems.append("no healthy control has a DVR map (acquired PET or synthetic) at its first session: the "
                         "control reference needs them")
-    notes = []
     for source in list(sources):
         if controls and not any(source in p.sessions[0].dvr for p in controls):
             sources.remove(source)
