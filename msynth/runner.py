@@ -260,6 +260,9 @@ def multiproc_arguments(n_procs: int) -> dict:
     return arguments
 
 
+#: The last line of a crash report raised by msynth's own errors (an input or a registration QC failure): their
+#: message is a whole sentence naming the file, shown without the exception's module path.
+_OWN_ERROR = re.compile(r"^msynth(?:\.\w+)+Error: (?P<message>.+)$")
 #: An OSError's last traceback line in a crash report: ``OSError: [Errno 28] No space left on device: '/path'``.
 _ERRNO_LINE = re.compile(r"\[Errno (?P<code>\d+)\][^:]*(?::\s*'(?P<path>[^']*)')?")
 
@@ -273,6 +276,8 @@ def _crash_reason(crash_file: Path, config: RunConfig) -> tuple[str, str]:
     lines = [line.strip() for line in crash_file.read_text(errors="replace").splitlines() if line.strip()]
     node = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Node:")), crash_file.name)
     last = lines[-1] if lines else "no message"
+    own = _OWN_ERROR.match(last)
+    last = own["message"] if own else last
     match = _ERRNO_LINE.search(last)
     if not match or int(match["code"]) not in NO_SPACE:
         return node, last

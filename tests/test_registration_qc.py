@@ -159,3 +159,15 @@ def test_registration_repeats_give_identical_bytes(phantom, tmp_path):
                         str(phantom["mask"]), str(out)], env=env, check=True, capture_output=True)
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_a_failed_registration_is_summarised_by_its_message(tmp_path):
+    """The participant's failure line carries the QC sentence (image, score, threshold), not the exception's path."""
+    from msynth.runner import _crash_reason
+
+    message = ("registration QC failed: sub-01_T2w_n4.nii.gz → sub-01_T1w_n4.nii.gz: normalised mutual information "
+               "in the T1w brain mask 1.012 is below the threshold 1.025")
+    crash = tmp_path / "crash-register.txt"
+    crash.write_text(f"Node: sub_01_wf.ses_1_wf.coregister_T2w_wf.register\nTraceback (most recent call last):\n"
+                     f"  File \"x.py\", line 1\nmsynth.preprocessing.registration_qc.RegistrationQCError: {message}\n")
+    assert _crash_reason(crash, config=None) == ("sub_01_wf.ses_1_wf.coregister_T2w_wf.register", message)
