@@ -27,6 +27,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from msynth.preprocessing._io import squeeze_to
 
@@ -260,7 +261,7 @@ def check_geometry(img: nib.Nifti1Image, path: str | PathLike[str], *, label: st
     """
     shape = np.asarray(img.shape[:3])
     # Headers store float32: a 12 mm voxel may read as 12.000001 mm. Sizes within 1e-4 (relative) of a bound pass.
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(img.affine)
     fov = shape * zooms
     if _outside(zooms, MIN_VOXEL_SIZE_MM, MAX_VOXEL_SIZE_MM):
         raise InputImageError(
@@ -446,7 +447,7 @@ def check_memory(
     InputImageError
         Naming the grid, the estimate and the budget.
     """
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(img.affine)
     voxels, grid = session_grid_voxels(img.shape, zooms, model_voxel_sizes)
     estimate = estimate_memory_gb(voxels)
     budget = available_memory_gb() if budget_gb is None else budget_gb
@@ -465,7 +466,7 @@ def _check_affine(img: nib.Nifti1Image, path: Path, *, label: str, tolerance_mm:
     if not np.all(np.isfinite(affine)):
         raise InputImageError(label, path, "has a non-finite affine (NaN/Inf in the header)",
                               "fix the qform/sform of the header")
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(affine)
     # Determinant relative to the voxel volume: 1 for an orthogonal grid, 0 for a degenerate (flat) one.
     if np.any(zooms == 0) or abs(np.linalg.det(affine[:3, :3])) / np.prod(zooms) < 1e-3:
         raise InputImageError(label, path, "has a singular affine (the voxel axes are degenerate)",
