@@ -141,7 +141,8 @@ def fcn_variants(derivatives: Path, variants: list[str], scratch: Path) -> pd.Da
     rows = []
     for variant in variants:
         features, depth, patches = (int(v) for v in variant.split("x"))
-        config = TrainingConfig(arguments={"features": features, "depth": depth}, optimizer="adam", lr=1e-3,
+        # a variant's depth counts the output layer (msynth's name before paper 001's hidden layers L = depth - 1)
+        config = TrainingConfig(arguments={"filters": features, "hidden_layers": depth - 1}, optimizer="adam", lr=1e-3,
                                 max_epochs=30, patch_size=32, patches_per_session=patches)
         start = time.perf_counter()
         result = train_model(fit, validation, inputs=inputs, outputs=["FLAIR"], normalisation=normalisation,

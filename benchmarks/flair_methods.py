@@ -229,7 +229,7 @@ def _fold_checkpoint_method(folds_dir: Path, fold: int, config: TrainingConfig, 
         model = build_network(config.architecture, {**dict(config.arguments), "in_channels": len(inputs),
                                                     "out_channels": 1})
         # the kept weights: the best epoch's, or the last epoch's when the fold had no validation set
-        model.load_state_dict(state["best_model"] if state.get("best_model") else state["model"])
+        model.load_state_dict(state["best_model"] if state.get("best_model") else state["step"]["network"])
         return _network_predictor(model.eval(), inputs, config.window)
 
     return fit
@@ -271,6 +271,34 @@ def cross_validate_method(name: str, fit: Callable, sessions: list[Session], fol
     return pd.DataFrame(rows)
 
 
+def real_data_part(derivatives: Path, model_dir: Path, folds_dir: Path, voxel_size: float, work: Path,
+                   max_voxels: int) -> list[pd.DataFrame]:
+    """``flair-fcn-real-t1t2`` against RF-60 (60 trees, 3x3x3 patches) on the same leave-one-patient-out folds.
+
+    The FCN rows reuse ``msynth-train``'s fold checkpoints in ``folds_dir`` (``<work>/folds`` of its run; the
+    network is the one of ``model_dir``'s card). The folds are over subjects, assigned as msynth-train does, so
+    fold ``k`` holds out the same patient here; RF-60 is fitted here on the same training patients' T1w and T2w.
+    """
+    from msynth.models.baselines import RandomForestSynthesizer
+    from msynth.models.card import read_card
+
+    inputs = ["T1w", "T2w"]
+    network = read_card(model_dir).stages[0].network
+    config = TrainingConfig(architecture=network.architecture, arguments={
+        k: v for k, v in network.arguments.items() if k not in ("in_channels", "out_channels")})
+    sessions = load_sessions(derivatives, inputs, voxel_size, work / "real-cache")
+    subjects = sorted({s.subject for s in sessions})
+    folds = assign_folds(subjects, len(subjects), SEED)
+    frames = [cross_validate_method(model_dir.name, _fold_checkpoint_method(folds_dir, k, config, inputs), sessions,
+                                    folds, only_folds=[k]) for k in range(len(folds))]
+    for frame in frames:  # trained by msynth-train, not here
+        frame["train_wall_s"] = float("nan")
+        frame["train_peak_mb"] = float("nan")
+    frames.append(cross_validate_method("RF-60", _baseline_method(lambda: RandomForestSynthesizer(
+        n_estimators=60, max_training_voxels=max_voxels, random_state=SEED, n_jobs=2), inputs), sessions, folds))
+    return frames
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # summaries
 # ----------------------------------------------------------------------------------------------------------------
@@ -288,6 +316,8 @@ def summarise(rows: pd.DataFrame, by: str = "method") -> pd.DataFrame:
             record[f"{m}_sd"] = table[m].std(ddof=1) if len(table) > 1 else float("nan")
         record["ratio1_acquired"] = sub["ratio1_acquired"].mean()
         record["ratio2_acquired"] = sub["ratio2_acquired"].mean()
+        # the share of the acquired lesion contrast (Ratio 1 - 1) the synthesis keeps, median over held-out sessions
+        record["contrast_kept"] = ((sub["ratio1"] - 1) / (sub["ratio1_acquired"] - 1)).median()
         record["train_wall_s"] = per_fold["train_wall_s"].mean()
         record["train_peak_mb"] = per_fold["train_peak_mb"].max()
         record["infer_wall_s"] = sub["infer_wall_s"].mean()
@@ -308,14 +338,15 @@ def markdown(table: pd.DataFrame, by: str) -> str:
         return number(value) + (f" ({number(sd)})" if sd is not None and np.isfinite(sd) else "")
 
     lines = [f"| {by} | folds | MSE (SD) | SSIM (SD) | Ratio 1 (SD) | Ratio 2 (SD) | acquired Ratio 1 / 2 | "
-             "train s / fold | train peak MB | infer s / volume | infer peak MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "contrast kept | train s / fold | train peak MB | infer s / volume | infer peak MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in table.iterrows():
         lines.append(
             f"| {r[by]} | {r['folds']} | {cell(r['mse'], r['mse_sd'], significant=4)} | "
             f"{cell(r['ssim'], r['ssim_sd'])} | "
             f"{cell(r['ratio1'], r['ratio1_sd'])} | {cell(r['ratio2'], r['ratio2_sd'])} | "
-            f"{cell(r['ratio1_acquired'])} / {cell(r['ratio2_acquired'])} | {_number(r['train_wall_s'], 0)} | "
+            f"{cell(r['ratio1_acquired'])} / {cell(r['ratio2_acquired'])} | {cell(r['contrast_kept'])} | "
+            f"{_number(r['train_wall_s'], 0)} | "
             f"{_number(r['train_peak_mb'], 0)} | {_number(r['infer_wall_s'], 2)} | {_number(r['infer_peak_mb'], 0)} |")
     return "\n".join(lines)
 
@@ -379,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these folds of the U-Net, widths and removal (time)")
     parser.add_argument("--fcn-folds", type=Path, default=None,
                         help="fold folders of msynth-train's flair-fcn-phantom work dir, to reuse")
-    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--features", type=int, default=32, help="FCN filters F")
+    parser.add_argument("--hidden-layers", type=int, default=3, help="FCN hidden layers L (paper 001: 3)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--patches-per-session", type=int, default=8)
@@ -388,11 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-voxels", type=int, default=20000)
-    parser.add_argument("--lesjak-derivatives", type=Path, default=None)
-    parser.add_argument("--lesjak-folds", type=Path, default=None,
-                        help="fold folders of msynth-train's flair-fcn-lesjak-t1t2 work dir")
-    parser.add_argument("--lesjak-features", type=int, default=32)
-    parser.add_argument("--lesjak-voxel-size", type=float, default=2.0)
+    parser.add_argument("--real-derivatives", type=Path, default=None,
+                        help="participant-level outputs of every real scan (train_shipped_models.py --stage real)")
+    parser.add_argument("--real-model", type=Path,
+                        default=ROOT / "msynth" / "models" / "weights" / "flair-fcn-real-t1t2",
+                        help="model folder of the real-data model (its card names the network)")
+    parser.add_argument("--real-folds", type=Path, default=None,
+                        help="fold folders of msynth-train's work dir for that model (<work>/folds)")
+    parser.add_argument("--real-voxel-size", type=float, default=2.0)
     args = parser.parse_args(argv)
 
     from msynth.models.baselines import MLPSynthesizer, ModalityPropagation, RandomForestSynthesizer
@@ -405,14 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     shape = sessions[0].volume.mask.shape
 
     def config(**changes) -> TrainingConfig:
-        base = {"architecture": "fcn", "arguments": {"features": args.features, "depth": 3},
+        base = {"architecture": "fcn", "arguments": {"filters": args.features, "hidden_layers": args.hidden_layers},
                 "optimizer": args.optimizer, "lr": args.lr, "max_epochs": args.epochs, "patch_size": args.patch_size,
                 "patches_per_session": args.patches_per_session, "random_flips": args.random_flips, "seed": SEED}
         return TrainingConfig(**{**base, **changes})
 
     results: dict[str, pd.DataFrame] = {}
     existing = {}
-    for part in ("methods", "widths", "removal", "lesjak"):
+    for part in ("methods", "widths", "removal", "real"):
         path = args.out_dir / f"flair_methods_{part}.tsv"
         if path.is_file():
             existing[part] = pd.read_csv(path, sep="\t")
@@ -474,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                 frame = methods[methods["method"] == "FCN"].copy()
                 frame = frame[frame["fold"].isin(args.part_folds)] if args.part_folds else frame
             else:
-                cfg = config(arguments={"features": width, "depth": 3})
+                cfg = config(arguments={"filters": width, "hidden_layers": args.hidden_layers})
                 frame = pd.concat([cross_validate_method(
                     f"FCN-{width}", _network_method(cfg, ALL_INPUTS, args.work / f"width{width}-fold-{k}"),
                     sessions, folds, only_folds=[k]) for k in (args.part_folds or range(args.folds))])
@@ -498,21 +533,13 @@ def main(argv: list[str] | None = None) -> int:
             frames.append(frame)
             save("removal", pd.concat(frames, ignore_index=True))  # after each input: a long run keeps its rows
 
-    if args.lesjak_derivatives is not None:
-        les = load_sessions(args.lesjak_derivatives, ["T1w", "T2w"], args.lesjak_voxel_size, args.work / "lesjak-cache")
-        les_subjects = sorted({s.subject for s in les})
-        les_folds = assign_folds(les_subjects, len(les_subjects), SEED)
-        les_config = TrainingConfig(arguments={"features": args.lesjak_features, "depth": 3})
-        frames = [cross_validate_method(
-            "flair-fcn-lesjak-t1t2", _fold_checkpoint_method(args.lesjak_folds, k, les_config, ["T1w", "T2w"]),
-            les, les_folds, only_folds=[k]) for k in range(len(les_folds))]
-        frame = pd.concat(frames, ignore_index=True)
-        frame["train_wall_s"] = float("nan")
-        frame["train_peak_mb"] = float("nan")
-        save("lesjak", frame)
+    if args.real_derivatives is not None:
+        frames = real_data_part(args.real_derivatives, args.real_model, args.real_folds, args.real_voxel_size,
+                                args.work, args.max_voxels)
+        save("real", pd.concat(frames, ignore_index=True))
 
     # Markdown summary of everything measured so far (this run and earlier runs' TSVs)
-    for part in ("methods", "widths", "removal", "lesjak"):
+    for part in ("methods", "widths", "removal", "real"):
         path = args.out_dir / f"flair_methods_{part}.tsv"
         if path.is_file():
             results[part] = pd.read_csv(path, sep="\t")
@@ -524,11 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     titles = {"methods": "Methods (paper 001 Tables 2 and 3)",
               "widths": "Widths F1=F2=F3 (paper 001 Table 1)",
               "removal": "Input removal (paper 001 Table 4a)",
-              "lesjak": "flair-fcn-lesjak-t1t2, leave-one-patient-out on the real patients (2 folds)"}
+              "real": "Real scans: flair-fcn-real-t1t2 against RF-60, leave one patient out"}
     text = ["# FLAIR synthesis benchmark (`benchmarks/flair_methods.py`)\n", NOTES,
             f"Phantom: {len(subjects)} subjects (session 01), grid {shape}, {args.folds}-fold CV over subjects. "
             f"Last run: {json.dumps(meta)}\n"]
-    for part in ("methods", "widths", "removal", "lesjak"):
+    for part in ("methods", "widths", "removal", "real"):
         if part in results:
             text += [f"## {titles[part]}\n", markdown(summarise(results[part]), "method"), ""]
     previous = args.out_dir / "flair_methods.md"

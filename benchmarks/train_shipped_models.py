@@ -11,17 +11,18 @@ Stages (default: all, in this order):
     seed 2026) and runs the participant level on session 01 (``msynth … participant --session-label 01
     --lesion-masks <bids>/derivatives/lesions``). DWI, PET and MTR are filtered out with ``--bids-filter-file``:
     the FLAIR models do not use them, and they would double the run time on this 2-core machine.
-``lesjak``
-    Builds a BIDS view (symlinks, never copies) of the real MS patients ``cross_sectional/MNI/patient07`` and
-    ``patient19`` of ``../shared/data/open_ms_data`` (Lesjak et al. 2018, CC-BY; skull-stripped, bias-corrected,
-    1 mm MNI space): ``sub-P07``/``sub-P19`` with T1w (sidecar ``SkullStripped: true``), T2w and FLAIR, and the
-    consensus lesion masks as a ``--lesion-masks`` derivative; then runs the participant level on it.
+``real``
+    Builds a BIDS view (symlinks, never copies) of every real scan of ``../shared/data/open_ms_data`` (Lesjak et
+    al. 2018 and 2016, CC-BY; :func:`build_real_view`): the skull-stripped 1 mm MNI patients 07 and 19 as
+    ``sub-P07``/``sub-P19`` with their consensus lesion masks as a ``--lesion-masks`` derivative, and the raw
+    longitudinal patients 01, 03 and 04 (with skull, thick slices, one session per visit) as ``sub-L01``/``L03``/
+    ``L04``, which get the automatic lesion masks; then runs the whole participant level on it.
 ``dvr-phantom``
     The DVR models' training cohort: the group benchmark's phantom cohort and participant level
     (``benchmarks/group_phantom.py --stage phantom participant``: 10 controls, 18 patients, two sessions, 2 mm,
     seed 2027; about an hour of both cores). ``--dvr-derivatives DIR`` uses an existing run of it instead.
 ``train``
-    Runs ``msynth-train flair`` with the arguments of :data:`PHANTOM_MODELS` and :data:`LESJAK_TRAINING`, and
+    Runs ``msynth-train flair`` with the arguments of :data:`PHANTOM_MODELS` and :data:`REAL_TRAINING`, and
     ``msynth-train dvr`` with those of :data:`DVR_MODELS` (recorded in each model card), and writes
     ``msynth/models/weights/<name>/``.
 ``evaluate``
@@ -74,14 +75,16 @@ FRESH_SEED = 9001
 PHANTOM = {"n_controls": 2, "n_patients": 16, "voxel_size": 2.0, "seed": 2026}
 PHANTOM_SOURCE = ("msynth-phantom synthetic MS cohort: generate_cohort(n_controls=2, n_patients=16, voxel_size=2, "
                   "seed=2026), session 01, participant level of msynth")
-LESJAK_PATIENTS = {"P07": "patient07", "P19": "patient19"}
-LESJAK_SOURCE = ("open_ms_data (muschellij2/open_ms_data), cross_sectional/MNI patient07 and patient19: "
-                 "skull-stripped, bias-corrected, 1 mm MNI space; participant level of msynth")
-LESJAK_LICENSE = "CC-BY (Creative Commons Attribution)"
-LESJAK_CITATION = (
+REAL_SOURCE = ("open_ms_data (muschellij2/open_ms_data): cross_sectional/MNI patient07 and patient19 (skull-stripped, "
+               "bias-corrected, 1 mm MNI space) and longitudinal/raw patient01, patient03, patient04 (native space, "
+               "every visit with a T1w); participant level of msynth")
+REAL_LICENSE = "CC-BY (Creative Commons Attribution)"
+REAL_CITATIONS = (
     "Lesjak Z, Galimzianova A, Koren A, Lukin M, Pernus F, Likar B, Spiclin Z. A Novel Public MR Image Dataset of "
     "Multiple Sclerosis Patients With Lesion Segmentations Based on Multi-rater Consensus. Neuroinformatics "
-    "16:51-63 (2018), doi:10.1007/s12021-017-9348-7")
+    "16:51-63 (2018), doi:10.1007/s12021-017-9348-7",
+    "Lesjak Z, Pernus F, Likar B, Spiclin Z. Validation of white-matter lesion change detection methods on a novel "
+    "publicly available MRI image database. Neuroinformatics 14(4):403-420 (2016)")
 
 #: shared training arguments of the phantom models: a 2 mm grid (the phantom's T1w grid is 2 x 2 x 2.2 mm, so the
 #: card says 2 mm and the synthesis node resamples to it); 32^3 patches, 8 per session and epoch, mirrored at random
@@ -103,11 +106,12 @@ PHANTOM_MODELS = [
     ("flair-fcn-phantom-t1w-t2w-dir", ["T1w", "T2w", "DIR"]),
     ("flair-fcn-phantom-t1w-t2w-pdw", ["T1w", "T2w", "PDw"]),
 ]
-#: 2 patients: leave-one-patient-out (2 folds); a fold has one training patient and so no validation set: it trains
-#: all the epochs, and the final model as many
-LESJAK_TRAINING = ["--features", "32", "--optimizer", "adam", "--lr", "1e-3", "--folds", "2", "--epochs", "20",
-                   "--patch-size", "48", "--patches-per-session", "4", "--voxel-size", "2", "--seed", "42",
-                   "--device", "cpu", "--nprocs", "2"]
+#: the real-data model: paper 001's FCN (3 hidden layers) at Table 1's thinner width (32 filters: a quarter of the
+#: cost of 64, which paper 001 suggests "if less computational cost is needed"), leave-one-patient-out over the 5
+#: real patients (a fold trains on 4: 3 fit, 1 validates for early stopping), at most 40 epochs
+REAL_TRAINING = ["--features", "32", "--depth", "3", "--optimizer", "adam", "--lr", "1e-3", "--folds", "5",
+                 "--epochs", "40", "--patch-size", "32", "--patches-per-session", "8", "--random-flips",
+                 "--voxel-size", "2", "--seed", "42", "--device", "cpu", "--nprocs", "2"]
 
 #: DVR models (thesis 003 methods, ``msynth-train dvr --method``): the Refiner cGAN (ch. 3), with the thesis's
 #: settings (Adam 1e-4 / 5e-5, one Refiner, the losses and adversarial steps of ``msynth.models.training.methods``)
@@ -193,44 +197,73 @@ def _link(target: Path, link: Path) -> None:
     link.symlink_to(target)
 
 
-def build_lesjak_view(folder: Path, source: Path = OPEN_MS) -> tuple[Path, Path]:
-    """A BIDS view (symlinks) of the two MNI-space Lesjak patients and a lesion-mask derivative; (bids, lesions)."""
-    mni = source / "cross_sectional" / "MNI"
+#: the real patients of open_ms_data: BIDS label → (folder, {session label: scan prefix → file}); the MNI patients
+#: are skull-stripped, the raw longitudinal patients have their skull and thick slices (README of open_ms_data)
+REAL_SCANS = {
+    "P07": ("cross_sectional/MNI/patient07", {"1": "mni"}),
+    "P19": ("cross_sectional/MNI/patient19", {"1": "mni"}),
+    "L01": ("longitudinal/raw/patient01", {"1": "study1", "2": "study2"}),
+    "L03": ("longitudinal/raw/patient03", {"1": "study1", "2": "study2"}),
+    "L04": ("longitudinal/raw/patient04", {"1": "study1"}),
+}
+#: age and sex of each patient (open_ms_data's patient_info.csv files)
+REAL_DEMOGRAPHICS = {"P07": (53, "F"), "P19": (47, "F"), "L01": (20, "F"), "L03": (19, "M"), "L04": (33, "F")}
+_MNI_STEM = "{}_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
+
+
+def build_real_view(folder: Path, source: Path = OPEN_MS) -> tuple[Path, Path]:
+    """A BIDS view (symlinks, never copies) of every real scan of open_ms_data, and a lesion-mask derivative.
+
+    The two MNI-space patients (skull-stripped: ``SkullStripped: true`` in the T1w sidecar) come with their
+    consensus lesion masks; the raw longitudinal patients have none (their ``gt.nii.gz`` marks lesion change), so
+    the participant level draws their automatic lesion masks. A scan missing from the redistribution (patient03's
+    ``study1_T1W``, patient04's second visit) is left out: that session then has no T1w and the participant level
+    skips it with its reason. Returns (bids, lesions).
+    """
     bids, lesions = folder / "bids", folder / "lesions"
     for root in (bids, lesions):
         root.mkdir(parents=True, exist_ok=True)
     (bids / "dataset_description.json").write_text(json.dumps({
-        "Name": "open_ms_data cross-sectional MNI (view)", "BIDSVersion": "1.10.0", "DatasetType": "raw",
-        "License": LESJAK_LICENSE, "Authors": ["Lesjak Z", "Galimzianova A", "Koren A", "Lukin M", "Pernus F",
-                                                "Likar B", "Spiclin Z"],
-        "ReferencesAndLinks": [LESJAK_CITATION, "https://github.com/muschellij2/open_ms_data"]}, indent=2))
-    (bids / "README").write_text("Symlinked BIDS view of open_ms_data cross_sectional/MNI patient07 and patient19 "
-                                 "(skull-stripped, bias-corrected, registered to MNI space at 1 mm). CC-BY; cite "
-                                 f"{LESJAK_CITATION}.\n")
-    (bids / "participants.tsv").write_text("participant_id\tage\tsex\tgroup\nsub-P07\t53\tF\tMS\n"
-                                           "sub-P19\t47\tF\tMS\n")
+        "Name": "open_ms_data, every real scan (view)", "BIDSVersion": "1.10.0", "DatasetType": "raw",
+        "License": REAL_LICENSE, "Authors": ["Lesjak Z", "Galimzianova A", "Koren A", "Lukin M", "Pernus F",
+                                             "Likar B", "Spiclin Z"],
+        "ReferencesAndLinks": [*REAL_CITATIONS, "https://github.com/muschellij2/open_ms_data"]}, indent=2))
+    (bids / "README").write_text("Symlinked BIDS view of open_ms_data: cross_sectional/MNI patient07 and patient19 "
+                                 "(skull-stripped, bias-corrected, 1 mm MNI space) as sub-P07/sub-P19, and "
+                                 "longitudinal/raw patient01, patient03, patient04 (native space, with skull) as "
+                                 "sub-L01/L03/L04, one session per visit. CC-BY; cite "
+                                 + " and ".join(REAL_CITATIONS) + ".\n")
+    (bids / "participants.tsv").write_text("participant_id\tage\tsex\tgroup\n" + "".join(
+        f"sub-{label}\t{age}\t{sex}\tMS\n" for label, (age, sex) in REAL_DEMOGRAPHICS.items()))
     (lesions / "dataset_description.json").write_text(json.dumps({
         "Name": "open_ms_data consensus lesion masks (view)", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "Lesjak et al. 2018 multi-rater consensus"}]}, indent=2))
-    for label, patient in LESJAK_PATIENTS.items():
-        anat = bids / f"sub-{label}" / "anat"
-        for key, prefix in (("T1w", "T1"), ("T2w", "T2"), ("FLAIR", "FLAIR")):
-            _link(mni / patient / f"{prefix}_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
-                  anat / f"sub-{label}_{key}.nii.gz")
-            sidecar = {"SkullStripped": True} if key == "T1w" else {}
-            (anat / f"sub-{label}_{key}.json").write_text(json.dumps(sidecar))
-        mask = lesions / f"sub-{label}" / "anat" / f"sub-{label}_space-FLAIR_label-lesion_mask.nii.gz"
-        _link(mni / patient / "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz", mask)
-        mask.with_name(mask.name.replace(".nii.gz", ".json")).write_text(json.dumps({
-            "Description": "multi-rater consensus lesion mask (Lesjak et al. 2018)", "Type": "Lesion",
-            "SpatialReference": f"bids:raw:sub-{label}/anat/sub-{label}_FLAIR.nii.gz"}))
+    for label, (patient, sessions) in REAL_SCANS.items():
+        for session, prefix in sessions.items():
+            anat = bids / f"sub-{label}" / f"ses-{session}" / "anat"
+            stem = f"sub-{label}_ses-{session}"
+            for key, mni_name, raw_name in (("T1w", "T1", "T1W"), ("T2w", "T2", "T2W"), ("FLAIR", "FLAIR", "FLAIR")):
+                scan = source / patient / (_MNI_STEM.format(mni_name) if prefix == "mni" else
+                                           f"{prefix}_{raw_name}.nii.gz")
+                if not scan.is_file():
+                    continue
+                _link(scan, anat / f"{stem}_{key}.nii.gz")
+                sidecar = {"SkullStripped": True} if key == "T1w" and prefix == "mni" else {}
+                (anat / f"{stem}_{key}.json").write_text(json.dumps(sidecar))
+            if prefix == "mni":
+                mask = (lesions / f"sub-{label}" / f"ses-{session}" / "anat"
+                        / f"{stem}_space-FLAIR_label-lesion_mask.nii.gz")
+                _link(source / patient / "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz", mask)
+                mask.with_name(mask.name.replace(".nii.gz", ".json")).write_text(json.dumps({
+                    "Description": "multi-rater consensus lesion mask (Lesjak et al. 2018)", "Type": "Lesion",
+                    "SpatialReference": f"bids:raw:sub-{label}/ses-{session}/anat/{stem}_FLAIR.nii.gz"}))
     return bids, lesions
 
 
-def stage_lesjak(scratch: Path, log: Path) -> None:
-    """BIDS view of the real patients and their participant level."""
-    folder = scratch / "lesjak"
-    bids, lesions = build_lesjak_view(folder)
+def stage_real(scratch: Path, log: Path) -> None:
+    """BIDS view of every real scan and its participant level."""
+    folder = scratch / "real"
+    bids, lesions = build_real_view(folder)
     _run(participant_command(bids, folder / "derivatives", folder / "work", lesions=lesions, filters=None,
                              sessions=None), log)
 
@@ -253,12 +286,12 @@ def train_commands(scratch: Path, models: list[str] | None = None,
             "--folds", PHANTOM_FOLDS.get(name, "0"),
             "--data-source", PHANTOM_SOURCE, "--data-license", "CC0 (synthetic)",
             "--data-citation", "msynth phantom (docs/phantom.md)"]))
-    commands.append(("flair-fcn-lesjak-t1t2", [
-        str(BIN / "msynth-train"), "flair", "--derivatives", str(scratch / "lesjak" / "derivatives"),
-        "--inputs", "T1w", "T2w", "--name", "flair-fcn-lesjak-t1t2",
-        "--out", str(scratch / "models" / "flair-fcn-lesjak-t1t2"),
-        "-w", str(scratch / "train-work" / "flair-fcn-lesjak-t1t2"), *LESJAK_TRAINING,
-        "--data-source", LESJAK_SOURCE, "--data-license", LESJAK_LICENSE, "--data-citation", LESJAK_CITATION]))
+    commands.append(("flair-fcn-real-t1t2", [
+        str(BIN / "msynth-train"), "flair", "--derivatives", str(scratch / "real" / "derivatives"),
+        "--inputs", "T1w", "T2w", "--name", "flair-fcn-real-t1t2",
+        "--out", str(scratch / "models" / "flair-fcn-real-t1t2"),
+        "-w", str(scratch / "train-work" / "flair-fcn-real-t1t2"), *REAL_TRAINING,
+        "--data-source", REAL_SOURCE, "--data-license", REAL_LICENSE, "--data-citation", "; ".join(REAL_CITATIONS)]))
     derivatives = dvr_derivatives or scratch / "dvr-cohort" / "derivatives"
     for name, method in DVR_MODELS.items():
         commands.append((name, [
@@ -373,7 +406,7 @@ def stage_evaluate_dvr(scratch: Path, log: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scratch", type=Path, required=True, help="scratch folder (data views, outputs, work)")
-    stages = ("phantom", "lesjak", "dvr-phantom", "train", "evaluate", "evaluate-dvr")
+    stages = ("phantom", "real", "dvr-phantom", "train", "evaluate", "evaluate-dvr")
     parser.add_argument("--stage", nargs="+", choices=stages, default=list(stages))
     parser.add_argument("--dvr-derivatives", type=Path, default=None, metavar="OUTPUT_DIR",
                         help="train the DVR models on this participant-level run of the group benchmark's cohort "
@@ -386,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     log = args.scratch / "train_shipped_models.log"
     if "phantom" in args.stage:
         stage_phantom(args.scratch, log)
-    if "lesjak" in args.stage:
-        stage_lesjak(args.scratch, log)
+    if "real" in args.stage:
+        stage_real(args.scratch, log)
     if "dvr-phantom" in args.stage and args.dvr_derivatives is None:
         stage_dvr_phantom(args.scratch, log)
     if "train" in args.stage:

@@ -87,7 +87,7 @@ def tiny_flair_model(phantom_participants, tmp_path_factory):
 
     model_dir = tmp_path_factory.mktemp("model") / "tiny-flair"
     argv = ["flair", "--derivatives", str(phantom_participants[1]), "--out", str(model_dir), "--folds", "2",
-            "--epochs", "4", "--patch-size", "16", "--features", "8", "--lr", "5e-3", "--device", "cpu",
+            "--epochs", "4", "--patch-size", "16", "--features", "8", "--depth", "2", "--lr", "5e-3", "--device", "cpu",
             "--optimizer", "adam", "--nprocs", "2", "--data-source", "msynth phantom, seed 3", "--data-license", "CC0",
             "--subject-salt", "s3cret"]
     assert train_cli.main(argv) == 0

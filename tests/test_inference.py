@@ -25,8 +25,8 @@ torch.set_num_threads(1)
 
 def _fcn_stage(name: str, in_channels: int, weights: str = WEIGHTS_NAME) -> Stage:
     return Stage(name=name, loss="mse", optimizer=OptimizerSpec("sgd", 5e-4), weights=weights,
-                 network=NetworkSpec("fcn", {"in_channels": in_channels, "out_channels": 1, "features": 4,
-                                             "depth": 3}))
+                 network=NetworkSpec("fcn", {"in_channels": in_channels, "out_channels": 1, "filters": 4,
+                                             "hidden_layers": 2}))
 
 
 def make_card(inputs: tuple[str, ...], name: str, scope: str = "image", stages: int = 1) -> ModelCard:
@@ -49,10 +49,11 @@ def _volume(shape=(23, 19, 14), channels=3, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(channels, *shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("window", "overlap", "depth"), [(8, 0.5, 3), (10, 0.25, 3), (12, 0.5, 4), (64, 0.5, 3)])
-def test_sliding_windows_equal_the_direct_forward_pass(window, overlap, depth):
+@pytest.mark.parametrize(("window", "overlap", "hidden_layers"), [(8, 0.5, 2), (10, 0.25, 2), (12, 0.5, 3),
+                                                                   (64, 0.5, 2)])
+def test_sliding_windows_equal_the_direct_forward_pass(window, overlap, hidden_layers):
     torch.manual_seed(0)
-    net = FCN3D(3, features=6, depth=depth).eval()
+    net = FCN3D(3, filters=6, hidden_layers=hidden_layers).eval()
     x = _volume()
     with torch.no_grad():
         direct = net(torch.from_numpy(x)[None])[0].numpy()
@@ -63,7 +64,7 @@ def test_sliding_windows_equal_the_direct_forward_pass(window, overlap, depth):
 
 def test_without_halo_window_seams_differ():
     torch.manual_seed(0)
-    net = FCN3D(3, features=6).eval()
+    net = FCN3D(3, filters=6).eval()
     x = _volume()
     with torch.no_grad():
         direct = net(torch.from_numpy(x)[None])[0].numpy()
@@ -104,7 +105,7 @@ def test_cuda_out_of_memory_falls_back_to_cpu(monkeypatch):
 
     monkeypatch.setattr(inference, "_predict_windows", fake)
     torch.manual_seed(0)
-    net = FCN3D(3, features=4).eval()
+    net = FCN3D(3, filters=4).eval()
     x = _volume()
     with pytest.warns(RuntimeWarning, match="predicting on the CPU instead"):
         out = predict_volume(net, x, window=12, device="cuda")
@@ -203,7 +204,7 @@ def test_synthesize_names_missing_inputs(tmp_path):
 def test_p3s_maps_equal_whole_volume_autograd():
     """Paper 001 eq. 3: |d ||target - prediction||² / d input|, computed window by window."""
     torch.manual_seed(0)
-    net = FCN3D(3, features=6).eval()
+    net = FCN3D(3, filters=6).eval()
     x = _volume((20, 17, 13))
     target = np.random.default_rng(5).normal(size=(20, 17, 13)).astype(np.float32)
     mask = np.random.default_rng(6).random((20, 17, 13)) > 0.3

@@ -40,8 +40,8 @@ def make_card(inputs: tuple[str, ...] = INPUTS, name: str = "flair-test", featur
     """A valid one-stage FLAIR card for a small FCN over ``inputs``."""
     stats = {channel: Normalisation(100.0 + i, 10.0 + i) for i, channel in enumerate(channels_of((*inputs, "FLAIR")))}
     stage = Stage(name="synthesis", loss="mse", optimizer=OptimizerSpec("sgd", 5e-4),
-                  network=NetworkSpec("fcn", {"in_channels": len(inputs), "out_channels": 1, "features": features,
-                                              "depth": 3}))
+                  network=NetworkSpec("fcn", {"in_channels": len(inputs), "out_channels": 1, "filters": features,
+                                              "hidden_layers": 2}))
     return ModelCard(name=name, target="FLAIR", inputs=inputs, voxel_size_mm=1.0, normalisation=stats,
                      intensity_normalisation="image", stages=(stage,), training=make_record())
 
@@ -166,7 +166,7 @@ def test_version_1_cards_read_as_one_stage() -> None:
     assert card.target == "FLAIR" and card.output == "FLAIR" and card.inputs == INPUTS
     assert stage == Stage(name="synthesis", loss="mse", weights=WEIGHTS_NAME, optimizer=OptimizerSpec("adam", 1e-3),
                           network=NetworkSpec("fcn", {"features": 32, "depth": 3, "in_channels": 5,
-                                                      "out_channels": 1}))
+                                                      "out_channels": 1}))  # read by build_network as named then
     assert card.training.batch_size == 1 and card.training.epochs == 82 and card.training.cv[4].epochs == 44
     assert card.schema_version == 2
 
@@ -241,7 +241,7 @@ def test_weights_are_a_state_dict_loaded_weights_only(tmp_path: Path) -> None:
 
 def test_weights_of_another_network_are_refused(tmp_path: Path) -> None:
     card = make_card()
-    torch.save(build_network("fcn", {"in_channels": 5, "features": 6}).state_dict(), tmp_path / WEIGHTS_NAME)
+    torch.save(build_network("fcn", {"in_channels": 5, "filters": 6}).state_dict(), tmp_path / WEIGHTS_NAME)
     write_card(card, tmp_path)
     with pytest.raises(ValueError, match="does not match the network"):
         load_model(tmp_path)

@@ -24,9 +24,9 @@ def _n_parameters(net: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize(("cls", "args", "kwargs", "in_shape", "out_shape"), [
     (FCN3D, (5,), {}, (1, 5, 6, 7, 5), (1, 1, 6, 7, 5)),
-    (FCN3D, (2, 3), dict(features=8, depth=2), (2, 2, 4, 4, 4), (2, 3, 4, 4, 4)),
-    (FCN3D, (1,), dict(features=4, depth=6, kernel_size=5), (1, 1, 5, 3, 9), (1, 1, 5, 3, 9)),
-    (FCN3D, (3,), dict(features=4, kernel_size=1), (1, 3, 2, 2, 2), (1, 1, 2, 2, 2)),
+    (FCN3D, (2, 3), dict(filters=8, hidden_layers=1), (2, 2, 4, 4, 4), (2, 3, 4, 4, 4)),
+    (FCN3D, (1,), dict(filters=4, hidden_layers=6, kernel_size=5), (1, 1, 5, 3, 9), (1, 1, 5, 3, 9)),
+    (FCN3D, (3,), dict(filters=4, kernel_size=1), (1, 3, 2, 2, 2), (1, 1, 2, 2, 2)),
     (UNet3D, (5,), {}, (1, 5, 8, 12, 4), (1, 1, 8, 12, 4)),
     (UNet3D, (2, 2), dict(features=4, levels=2), (3, 2, 6, 2, 4), (3, 2, 6, 2, 4)),
     (UNet3D, (1,), dict(features=2, levels=5, norm="instance"), (1, 1, 16, 16, 32), (1, 1, 16, 16, 32)),
@@ -52,9 +52,9 @@ def test_output_shape(cls, args, kwargs, in_shape, out_shape):
     (FCN3D, dict(in_channels=0), "in_channels must be >= 1"),
     (FCN3D, dict(in_channels=2.0), "in_channels must be an integer"),
     (FCN3D, dict(in_channels=2, out_channels=0), "out_channels must be >= 1"),
-    (FCN3D, dict(in_channels=2, features=0), "features must be >= 1"),
-    (FCN3D, dict(in_channels=2, depth=1), "depth must be between 2 and 6, got 1"),
-    (FCN3D, dict(in_channels=2, depth=7), "depth must be between 2 and 6, got 7"),
+    (FCN3D, dict(in_channels=2, filters=0), "filters must be >= 1"),
+    (FCN3D, dict(in_channels=2, hidden_layers=0), "hidden_layers must be between 1 and 6, got 0"),
+    (FCN3D, dict(in_channels=2, hidden_layers=7), "hidden_layers must be between 1 and 6, got 7"),
     (FCN3D, dict(in_channels=2, kernel_size=4), "kernel_size must be odd"),
     (FCN3D, dict(in_channels=2, kernel_size=0), "kernel_size must be >= 1"),
     (UNet3D, dict(in_channels=0), "in_channels must be >= 1"),
@@ -104,8 +104,8 @@ def test_bad_arguments(cls, kwargs, message):
     (UNet3D(1, features=2), (1, 1, 8, 6, 5), r"divisible by 4, got \(8, 6, 5\)"),
     (UNet3D(1, features=2, levels=4), (1, 1, 8, 8, 4), r"divisible by 8, got \(8, 8, 4\)"),
     (UNet3D(2, features=2), (1, 1, 8, 8, 8), "built for 2 input channel"),
-    (FCN3D(3, features=2), (1, 2, 4, 4, 4), "built for 3 input channel"),
-    (FCN3D(1, features=2), (1, 4, 4, 4), "expects a 5-D tensor N C D H W"),
+    (FCN3D(3, filters=2), (1, 2, 4, 4, 4), "built for 3 input channel"),
+    (FCN3D(1, filters=2), (1, 4, 4, 4), "expects a 5-D tensor N C D H W"),
     (TwoLayerCNN3D(4, features=2), (1, 3, 4, 4, 4), "built for 4 input channel"),
     (CFSAGANGenerator(4, features=2), (1, 4, 16, 8, 16), r"divisible by 16, got \(16, 8, 16\)"),
     (CFSAGANGenerator(4, features=2, blocks=2, attention_level=1, pool_size=3), (1, 4, 12, 12, 4),
@@ -119,10 +119,27 @@ def test_bad_input(net, shape, message):
 
 def test_parameter_counts_of_paper_configurations():
     # paper 001 §2.3 configurations with five inputs; numbers quoted in the docstrings
-    assert _n_parameters(FCN3D(5)) == 121_089
     assert _n_parameters(UNet3D(5)) == 340_977
-    # features only change widths: F=32 and F=96 FCNs of §3.1.1
-    assert _n_parameters(FCN3D(5, features=32)) == 5 * 27 * 32 + 32 + 32 * 27 * 32 + 32 + 32 * 27 + 1
+
+
+@pytest.mark.parametrize(("filters", "table_1", "count"), [
+    (32, "60.6 K", 60_577),
+    (64, "213.7 K", 231_745),  # the table swaps two digits of 231.7 K (FCN3D's Notes)
+    (96, "513.5 K", 513_505),
+])
+def test_fcn_parameter_counts_of_paper_001_table_1(filters, table_1, count):
+    net = FCN3D(5, filters=filters)  # five inputs, L = 3 hidden layers (paper 001's default)
+    assert _n_parameters(net) == count
+    if filters != 64:
+        assert f"{round(count / 1000, 1)} K" == table_1
+    # by hand: three hidden 3x3x3 layers of F filters, then a linear 3x3x3 output layer
+    assert count == (5 * 27 * filters + filters) + 2 * (filters * 27 * filters + filters) + (filters * 27 + 1)
+
+
+def test_fcn_cards_written_with_the_old_argument_names_still_load():
+    old = build_network("fcn", {"in_channels": 5, "features": 32, "depth": 3, "out_channels": 1})
+    assert (old.filters, old.hidden_layers) == (32, 2)  # 'depth' counted the output layer
+    assert _n_parameters(old) == 5 * 27 * 32 + 32 + 32 * 27 * 32 + 32 + 32 * 27 + 1
 
 
 def test_thesis_generator_layers():
@@ -148,7 +165,7 @@ def test_deterministic_under_seed(architecture):
 
 def test_he_initialisation():
     torch.manual_seed(0)
-    net = FCN3D(5, features=64)
+    net = FCN3D(5, filters=64)
     hidden = net.layers[2]  # 64 -> 64 conv followed by ReLU
     fan_in = 64 * 27
     assert hidden.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
@@ -168,7 +185,7 @@ def test_unet_keeps_signal_scale_at_initialisation():
 
 @pytest.mark.parametrize(("architecture", "arguments"), [
     ("fcn", {"in_channels": 1}),
-    ("fcn", {"in_channels": 5, "out_channels": 2, "features": 8, "depth": 4, "kernel_size": 5}),
+    ("fcn", {"in_channels": 5, "out_channels": 2, "filters": 8, "hidden_layers": 4, "kernel_size": 5}),
     ("unet", {"in_channels": 3, "features": 4, "levels": 2, "activation": "leaky_relu"}),
     ("unet", {"in_channels": 4, **THESIS_GENERATOR}),
     ("unet", {"in_channels": 4, **THESIS_GENERATOR, "noise_channels": 1}),
@@ -192,7 +209,7 @@ def test_build_network_round_trip(architecture, arguments):
                                    "cf-sagan-generator, cnn2, fcn, patch-discriminator, unet"),
     ("fcn", {"in_channels": 1, "levels": 3}, "bad arguments for architecture 'fcn'.*levels"),
     ("unet", {}, "bad arguments for architecture 'unet'.*in_channels"),
-    ("fcn", {"in_channels": 1, "depth": 9}, "depth must be between 2 and 6"),
+    ("fcn", {"in_channels": 1, "hidden_layers": 9}, "hidden_layers must be between 1 and 6"),
 ])
 def test_build_network_errors(architecture, arguments, message):
     with pytest.raises(ValueError, match=message):
@@ -205,7 +222,7 @@ def test_fcn_learns_linear_combination_of_channels():
     x = torch.randn(1, 3, 10, 10, 10, generator=generator)
     target = 2 * x[:, :1] - x[:, 1:2] + 0.5 * x[:, 2:3] + 1
     torch.manual_seed(0)
-    net = FCN3D(3, features=16, depth=3)
+    net = FCN3D(3, filters=16, hidden_layers=2)
     optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(100):

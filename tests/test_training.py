@@ -117,7 +117,7 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, caplog):
     train = [_synthetic_volume("A", 0), _synthetic_volume("B", 1)]
     validation = [_synthetic_volume("C", 2)]
     stats = compute_normalisation(train, ("T1w", "T2w", "FLAIR"))
-    config = TrainingConfig(arguments={"features": 4, "depth": 3}, momentum=0.9, lr=1e-3, max_epochs=12,
+    config = TrainingConfig(arguments={"filters": 4, "hidden_layers": 2}, momentum=0.9, lr=1e-3, max_epochs=12,
                             patch_size=12, patches_per_session=3, window=20, strip_length=5, strips=3, seed=7)
     options = dict(inputs=["T1w", "T2w"], outputs=["FLAIR"], normalisation=stats, config=config)
     whole = train_model(train, validation, out_dir=tmp_path / "whole", **options)
@@ -150,7 +150,7 @@ def test_random_flips_keep_inputs_and_target_aligned(tmp_path):
     stats = compute_normalisation(train, ("T1w", "T2w", "FLAIR"))
 
     def run(folder: str, flips: bool):
-        config = TrainingConfig(arguments={"features": 4, "depth": 3}, optimizer="adam", lr=3e-3, max_epochs=10,
+        config = TrainingConfig(arguments={"filters": 4, "hidden_layers": 2}, optimizer="adam", lr=3e-3, max_epochs=10,
                                 patch_size=12, patches_per_session=4, window=20, seed=7, random_flips=flips)
         return train_model(train, validation, inputs=["T1w", "T2w"], outputs=["FLAIR"], normalisation=stats,
                            config=config, out_dir=tmp_path / folder)
@@ -357,7 +357,7 @@ def test_tiny_training_on_phantom_learns(derivatives, tmp_path):
     validation = [v for v in volumes if v.subject == "MS02"]
     channels = channels_of([*INPUTS, "FLAIR"])
     # Adam: within 10 tiny epochs SGD (the paper's optimiser) moves these 8-filter networks too little to tell
-    config = TrainingConfig(arguments={"features": 8, "depth": 3}, optimizer="adam", lr=5e-3, max_epochs=10,
+    config = TrainingConfig(arguments={"filters": 8, "hidden_layers": 2}, optimizer="adam", lr=5e-3, max_epochs=10,
                             patch_size=16, patches_per_session=16, window=64, seed=42)
     normalisation = compute_normalisation(train, channels)
     result = train_model(train, validation, inputs=channels[:-1], outputs=["FLAIR"], normalisation=normalisation,
@@ -365,7 +365,8 @@ def test_tiny_training_on_phantom_learns(derivatives, tmp_path):
     # the loss on the whole training volume, untrained (same seed) and trained: epoch means of 16 random patches
     # are too noisy to compare
     torch.manual_seed(config.seed)
-    untrained = build_network("fcn", {"features": 8, "depth": 3, "in_channels": len(channels) - 1, "out_channels": 1})
+    untrained = build_network("fcn", {"filters": 8, "hidden_layers": 2, "in_channels": len(channels) - 1,
+                                      "out_channels": 1})
 
     def training_error(model: torch.nn.Module) -> float:
         return evaluate_volume(model.eval(), train[0], inputs=channels[:-1], output="FLAIR",
@@ -383,7 +384,8 @@ def test_tiny_training_on_phantom_learns(derivatives, tmp_path):
 
 @pytest.mark.slow
 def test_cli_cross_validates_writes_a_card_and_the_model_synthesises(derivatives, tiny_flair_model, tmp_path):
-    """conftest's tiny_flair_model: msynth-train flair … --folds 2 --epochs 4 --features 8 --optimizer adam."""
+    """conftest's tiny_flair_model: msynth-train flair … --folds 2 --epochs 4 --features 8 --depth 2 --optimizer
+    adam."""
     model_dir = tiny_flair_model
     card = read_card(model_dir)
     assert card == read_card(model_dir)
@@ -393,7 +395,7 @@ def test_cli_cross_validates_writes_a_card_and_the_model_synthesises(derivatives
     assert card.training.command.startswith("msynth-train flair --derivatives ")
     (stage,) = card.stages
     assert stage.optimizer == OptimizerSpec("adam", 5e-3) and stage.loss == "mse" and card.training.batch_size == 1
-    assert stage.network == NetworkSpec("fcn", {"features": 8, "depth": 3, "in_channels": 5, "out_channels": 1})
+    assert stage.network == NetworkSpec("fcn", {"filters": 8, "hidden_layers": 2, "in_channels": 5, "out_channels": 1})
     assert "MS01" not in (model_dir / "model_card.json").read_text()
 
     example = next(e for e in find_examples(derivatives, INPUTS, "FLAIR") if e.subject == "MS02")
@@ -428,4 +430,4 @@ def test_cli_errors_found_in_the_data(derivatives, tmp_path, capsys):
     assert train_cli.main(argv) == 1
     assert "5-fold cross-validation needs at least 5 subjects, found 2" in capsys.readouterr().err
     assert train_cli.main([*argv[:-2], "--folds", "2", "--features", "0"]) == 1
-    assert "features must be >= 1, got 0" in capsys.readouterr().err
+    assert "filters must be >= 1, got 0" in capsys.readouterr().err

@@ -99,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      default_normalisation="image")
     net.add_argument("--architecture", choices=("fcn", "unet"), default="fcn", help="network (default: fcn)")
     net.add_argument("--features", type=int, default=None, metavar="N",
-                     help="filters per layer (fcn, default 64) or at the first level (unet, default 16)")
+                     help="filters F of each hidden layer (fcn, default 64) or features at the first level (unet, "
+                     "default 16)")
     net.add_argument("--depth", type=int, default=None, metavar="N",
-                     help="convolution layers (fcn, default 3) or resolution levels (unet, default 3)")
+                     help="hidden layers L before the output layer (fcn, default 3, as paper 001) or resolution "
+                     "levels (unet, default 3)")
     opt.add_argument("--random-flips", action="store_true",
                      help="mirror each training patch along each axis with probability 1/2 (augmentation for small "
                      "cohorts; default: off, as paper 001)")
@@ -153,12 +155,13 @@ def _check(args: argparse.Namespace) -> None:
 
 def _network_arguments(args: argparse.Namespace) -> dict[str, int]:
     arguments = {}
+    fcn = args.architecture == "fcn"
     if args.features is not None:
-        arguments["features"] = args.features
+        arguments["filters" if fcn else "features"] = args.features
     if args.depth is not None:
-        arguments["depth" if args.architecture == "fcn" else "levels"] = args.depth
-    if args.architecture == "fcn":
-        arguments = {"features": 64, "depth": 3, **arguments}
+        arguments["hidden_layers" if fcn else "levels"] = args.depth
+    if fcn:
+        arguments = {"filters": 64, "hidden_layers": 3, **arguments}
     return arguments
 
 

@@ -158,17 +158,16 @@ def load_model(model_dir: str | PathLike[str], device: torch.device | str = "cpu
 def receptive_halo(model: nn.Module) -> int:
     """Voxels of context each side of a window needed for exact sliding-window prediction.
 
-    For :class:`~msynth.models.networks.FCN3D` this is the receptive radius ``depth * (kernel_size // 2)``
-    (exact). For a U-Net it is the receptive radius of the convolutions, ``4 * (2**levels - 1)`` (approximate: the
-    pooling grid still depends on where a window starts). A :class:`StageChain`: the sum over its stages. Other
-    modules: 8.
+    For :class:`~msynth.models.networks.FCN3D` this is its receptive radius (exact). For a U-Net it is the
+    receptive radius of the convolutions, ``4 * (2**levels - 1)`` (approximate: the pooling grid still depends
+    on where a window starts). A :class:`StageChain`: the sum over its stages. Other modules: 8.
     """
     from msynth.models.networks import FCN3D, UNet3D
 
     if isinstance(model, StageChain):
         return sum(receptive_halo(stage) for stage in model.stages)
     if isinstance(model, FCN3D):
-        return model.depth * (model.kernel_size // 2)
+        return model.receptive_radius
     if isinstance(model, UNet3D):
         return 4 * (2**model.levels - 1)
     return 8

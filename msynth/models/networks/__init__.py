@@ -44,6 +44,20 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 
 
+def _fcn_arguments_of_old_cards(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """FCN arguments of cards written before msynth named them as paper 001 does.
+
+    Those cards store ``features`` (now ``filters``) and ``depth``, which counted the output layer too
+    (``hidden_layers = depth - 1``); the network and its weights are the same.
+    """
+    arguments = dict(arguments)
+    if "features" in arguments:
+        arguments["filters"] = arguments.pop("features")
+    if "depth" in arguments:
+        arguments["hidden_layers"] = arguments.pop("depth") - 1
+    return arguments
+
+
 def build_network(architecture: str, arguments: Mapping[str, Any]) -> nn.Module:
     """Instantiate a network from a model card's ``architecture`` name and constructor ``arguments``.
 
@@ -68,9 +82,11 @@ def build_network(architecture: str, arguments: Mapping[str, Any]) -> nn.Module:
 
     Examples
     --------
-    >>> build_network("fcn", {"in_channels": 2, "features": 8}).features
+    >>> build_network("fcn", {"in_channels": 2, "filters": 8}).filters
     8
     """
+    if architecture == "fcn":
+        arguments = _fcn_arguments_of_old_cards(arguments)
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     try:

@@ -17,9 +17,8 @@ __all__ = ["FCN3D", "TwoLayerCNN3D"]
 
 def _plain_conv_stack(in_channels: int, out_channels: int, *, features: int, hidden_layers: int, kernel_size: int,
                       output_kernel_size: int) -> nn.Sequential:
-    """``hidden_layers`` × [``kernel_size``³ convolution to ``features`` maps → ReLU], then a linear output convolution.
-
-    All convolutions have stride 1 and zero 'same' padding, so the spatial shape is kept.
+    """``hidden_layers`` × [``kernel_size``³ convolution to ``features`` maps → ReLU], then a linear output
+    convolution. All convolutions have stride 1 and zero 'same' padding, so the spatial shape is kept.
     """
     layers: list[nn.Module] = []
     channels = in_channels
@@ -35,18 +34,20 @@ def _plain_conv_stack(in_channels: int, out_channels: int, *, features: int, hid
 
 
 class FCN3D(nn.Module):
-    """3-D fully convolutional network for FLAIR synthesis (Wei et al., paper 001 §2.1, §2.3).
+    """3-D fully convolutional network for FLAIR synthesis (Wei et al., paper 001 §2.1, §2.3, Table 1).
 
-    ``depth`` convolutions with ``kernel_size``³ kernels: the first ``depth - 1`` have ``features`` filters and are
-    followed by ReLU (paper 001 eq. 2); the last maps to ``out_channels`` and is linear, because the target FLAIR is
-    z-scored (paper 001 §2.3) and must be able to take negative values.
+    ``hidden_layers`` convolutions (paper 001's L) of ``filters`` ``kernel_size``³ kernels each (F1 = F2 = F3 = F),
+    each followed by ReLU (paper 001 eq. 2), then one linear ``kernel_size``³ convolution to ``out_channels``: the
+    target FLAIR is z-scored (§2.3) and must be able to take negative values. Paper 001's default is L = 3 hidden
+    layers of 64 filters ("the first layer extracts a 64-dimensional feature … the second and third layers apply the
+    same convolution process"); its Table 1 parameter counts are those of this network with five inputs (see Notes).
 
     Every convolution uses stride 1 and zero 'same' padding (``kernel_size // 2`` voxels on each side), so the
     output has exactly the input's spatial shape. Paper 001 predicts a whole 208×256×40 FLAIR from inputs of that
     size with a network without pooling (§2.3), which is what 'same' padding gives; any spatial size is accepted.
-    Each output voxel sees a cube of ``depth * (kernel_size - 1) + 1`` voxels per side (7 by default); voxels
-    beyond the volume's border count as 0, so windows used for tiled inference should overlap by at least that
-    half-width.
+    Each output voxel sees a cube of ``(hidden_layers + 1) * (kernel_size - 1) + 1`` voxels per side (9 by default);
+    voxels beyond the volume's border count as 0, so windows used for tiled inference should overlap by at least
+    that half-width.
 
     Parameters
     ----------
@@ -54,10 +55,10 @@ class FCN3D(nn.Module):
         Number of input images stacked as channels (paper 001: 5 — T1w, T2w, PD, T1SE, DIR).
     out_channels : int, optional
         Number of predicted images (1: FLAIR).
-    features : int, optional
-        Filters per hidden layer (paper 001 §3.1.1 compares 32, 64 — the default — and 96).
-    depth : int, optional
-        Number of convolution layers, 2 to 6 (paper 001 §3.1.2 compares 2, 3 — the default —, 4 and 6).
+    filters : int, optional
+        Filters F of every hidden layer (paper 001 §3.1.1 compares 32, 64 — the default — and 96).
+    hidden_layers : int, optional
+        Hidden layers L, 1 to 6 (paper 001 §3.1.2 compares 2, 3 — the default —, 4 and 6).
     kernel_size : int, optional
         Odd kernel edge length (paper 001: 3).
 
@@ -68,8 +69,9 @@ class FCN3D(nn.Module):
 
     Notes
     -----
-    With the defaults and five inputs the network has 121,089 parameters. Paper 001 Table 1 reports 213.7 K for the
-    same description, a figure the text does not let us reproduce; we follow the text.
+    With five inputs the network has 60,577, 231,745 and 513,505 parameters at F = 32, 64 and 96. Paper 001 Table 1
+    reports 60.6 K, 213.7 K and 513.5 K: the first and last agree, and the middle one is 231.7 K with two digits
+    swapped (the count is quadratic in F; no network of this description gives 213.7 K between the other two).
 
     Examples
     --------
@@ -77,27 +79,34 @@ class FCN3D(nn.Module):
     >>> net = FCN3D(5)
     >>> net(torch.zeros(1, 5, 8, 10, 6)).shape
     torch.Size([1, 1, 8, 10, 6])
+    >>> sum(p.numel() for p in FCN3D(5, filters=32).parameters())
+    60577
     """
 
-    def __init__(self, in_channels: int, out_channels: int = 1, *, features: int = 64, depth: int = 3,
+    def __init__(self, in_channels: int, out_channels: int = 1, *, filters: int = 64, hidden_layers: int = 3,
                  kernel_size: int = 3) -> None:
         super().__init__()
         check_int("in_channels", in_channels, 1)
         check_int("out_channels", out_channels, 1)
-        check_int("features", features, 1)
-        check_int("depth", depth, 2, 6)
+        check_int("filters", filters, 1)
+        check_int("hidden_layers", hidden_layers, 1, 6)
         check_kernel_size(kernel_size)
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.features = features
-        self.depth = depth
+        self.filters = filters
+        self.hidden_layers = hidden_layers
         self.kernel_size = kernel_size
         #: constructor arguments, as a model card stores them (see :func:`build_network`)
-        self.arguments: dict[str, Any] = dict(in_channels=in_channels, out_channels=out_channels, features=features,
-                                              depth=depth, kernel_size=kernel_size)
+        self.arguments: dict[str, Any] = dict(in_channels=in_channels, out_channels=out_channels, filters=filters,
+                                              hidden_layers=hidden_layers, kernel_size=kernel_size)
 
-        self.layers = _plain_conv_stack(in_channels, out_channels, features=features, hidden_layers=depth - 1,
+        self.layers = _plain_conv_stack(in_channels, out_channels, features=filters, hidden_layers=hidden_layers,
                                         kernel_size=kernel_size, output_kernel_size=kernel_size)
+
+    @property
+    def receptive_radius(self) -> int:
+        """Voxels on each side that one output voxel sees: ``(hidden_layers + 1) * (kernel_size // 2)``."""
+        return (self.hidden_layers + 1) * (self.kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predict ``N out_channels D H W`` from ``x`` of shape ``N in_channels D H W``."""
@@ -137,7 +146,8 @@ class TwoLayerCNN3D(nn.Module):
 
     Notes
     -----
-    With the defaults and four inputs the network has 1,492,929 parameters (4·343·64 + 64 + 64·343·64 + 64 + 64 + 1).
+    With the defaults and four inputs the network has 1,492,929 parameters
+    (4·343·64 + 64 + 64·343·64 + 64 + 64 + 1).
 
     Examples
     --------

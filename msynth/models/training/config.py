@@ -72,7 +72,7 @@ class TrainingConfig(Record):
     """
 
     architecture: str = "fcn"
-    arguments: dict[str, Any] = field(default_factory=lambda: {"features": 64, "depth": 3})
+    arguments: dict[str, Any] = field(default_factory=lambda: {"filters": 64, "hidden_layers": 3})
     optimizer: OptimizerName = "sgd"
     lr: float = 5e-4
     momentum: float = 0.0
