@@ -7,18 +7,25 @@ afternoon, the FCN row again in the evening once ``flair-fcn-phantom`` had train
 replace the afternoon's)::
 
     B="benchmarks/flair_methods.py --derivatives /tmp/shipped2/phantom/derivatives --work /tmp/shipped2/bench \
-        --folds 5 --voxel-size 2 --parts methods"
+        --folds 5 --voxel-size 2 --parts methods --hidden-layers 2"
     .venv/bin/python $B --methods FCN RF-60 MLP --fcn-folds /tmp/shipped2/train-work/flair-fcn-phantom/folds
     .venv/bin/python $B --methods FCN --fcn-folds /tmp/shipped2/train-work/flair-fcn-phantom/folds --epochs 90
 
-The widths, input-removal and real-data tables, 2026-11-30 morning, on the former 4 mm phantom (8 patients, 2-D
-FLAIR; ``--patches-per-session 4 --no-random-flips``, the settings of the models of the time)::
+(``--hidden-layers 2``: the FCN of the models of the time, before paper 001's 3 hidden layers became the default.)
+The widths and input-removal tables, 2026-11-30 morning, on the former 4 mm phantom (8 patients, 2-D FLAIR;
+``--patches-per-session 4 --no-random-flips``, the settings of the models of the time)::
 
-    B="benchmarks/flair_methods.py --derivatives /tmp/shipped/phantom/derivatives --work /tmp/shipped/bench --folds 5"
+    B="benchmarks/flair_methods.py --derivatives /tmp/shipped/phantom/derivatives --work /tmp/shipped/bench --folds 5 \
+        --hidden-layers 2"
     .venv/bin/python $B --parts removal --part-folds 0
     .venv/bin/python $B --parts widths --part-folds 0
-    .venv/bin/python $B --parts --lesjak-derivatives /tmp/shipped/lesjak/derivatives \
-        --lesjak-folds /tmp/shipped/train-work/flair-fcn-lesjak-t1t2/folds
+
+The real-data table, after ``benchmarks/train_shipped_models.py --scratch /work/bench --stage real train --models
+flair-fcn-real-t1t2`` (every real scan of ../shared/data/open_ms_data through the participant level, then the
+model's 5 leave-one-patient-out folds); it needs no phantom::
+
+    .venv/bin/python benchmarks/flair_methods.py --parts --work /work/bench/bench \
+        --real-derivatives /work/bench/real/derivatives --real-folds /work/bench/train-work/flair-fcn-real-t1t2/folds
 
 Without ``--part-folds`` every part runs all folds; ``--parts methods widths removal`` (the default) runs it all.
 
@@ -356,7 +363,8 @@ NOTES = """\
 How to read these tables (the module docstring has the details):
 
 * Data: msynth participant-level outputs of the phantom of `benchmarks/train_shipped_models.py --stage phantom`
-  (16 patients at 2 mm with a 3-D FLAIR, session 01), on a 2 mm grid (`--voxel-size 2`). 32 filters, Adam 1e-3,
+  (16 patients at 2 mm with a 3-D FLAIR, session 01), on a 2 mm grid (`--voxel-size 2`). FCN with 2 hidden layers
+  of 32 filters (the shipped models' network; paper 001 has 3, msynth's default since issue 18), Adam 1e-3,
   <= 90 epochs (`--epochs 90`; the width and removal rows: <= 30), 32^3 patches (8 per session and epoch), random
   flips: the settings of the shipped `flair-fcn-phantom`, chosen so that everything fits on 2 CPU cores (paper 001:
   1 mm-ish volumes, 64 filters, SGD 5e-4). Folds over subjects as `msynth-train` assigns them (seed 42). The
@@ -368,6 +376,10 @@ How to read these tables (the module docstring has the details):
 * FCN: the 5 cross-validation folds of the shipped `flair-fcn-phantom` (msynth-train's fold checkpoints, reused);
   its training time is one retraining of fold 0 here. U-Net: msynth's `UNet3D` (16 base features, 3 levels), same
   training. RF-60 / MLP / MP: `msynth.models.baselines` on a 20 000-voxel seeded subsample of the training voxels.
+* Real scans: the leave-one-patient-out folds of `flair-fcn-real-t1t2` (msynth-train's fold checkpoints) against
+  RF-60 fitted here on the same training patients' T1w and T2w, on the model's 2 mm grid; a row's means are over
+  patients (one fold each). Its lesion masks are the consensus masks (MNI patients) and the automatic ones (raw
+  patients). "contrast kept": median over held-out sessions of (Ratio 1 - 1) / (acquired Ratio 1 - 1).
 * `folds` says how many of the 5 folds a row ran: where it is below 5 (time on this machine), the row is a partial
   cross-validation and must be compared only with rows over the same folds (the widths and removal tables repeat the
   FCN-32 / all-inputs row over their folds).
@@ -397,7 +409,8 @@ def _gemm_gflops() -> float:
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--derivatives", type=Path, required=True, help="phantom participant-level outputs")
+    parser.add_argument("--derivatives", type=Path, default=None,
+                        help="phantom participant-level outputs (needed by the methods, widths and removal parts)")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (caches, checkpoints)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--voxel-size", type=float, default=None,
@@ -429,15 +442,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="fold folders of msynth-train's work dir for that model (<work>/folds)")
     parser.add_argument("--real-voxel-size", type=float, default=2.0)
     args = parser.parse_args(argv)
+    if args.parts and args.derivatives is None:
+        parser.error(f"--parts {' '.join(args.parts)} need --derivatives (phantom participant-level outputs)")
+    if args.real_derivatives is not None and args.real_folds is None:
+        parser.error("--real-derivatives needs --real-folds (the fold checkpoints of the real-data model)")
 
     from msynth.models.baselines import MLPSynthesizer, ModalityPropagation, RandomForestSynthesizer
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    sessions = load_sessions(args.derivatives, ALL_INPUTS, args.voxel_size, args.work / "cache")
-    subjects = sorted({s.subject for s in sessions})
-    folds = assign_folds(subjects, args.folds, SEED)
-    shape = sessions[0].volume.mask.shape
+    phantom = "Phantom: not loaded by the last run (the phantom parts' rows are from earlier runs)."
+    if args.parts:
+        sessions = load_sessions(args.derivatives, ALL_INPUTS, args.voxel_size, args.work / "cache")
+        subjects = sorted({s.subject for s in sessions})
+        folds = assign_folds(subjects, args.folds, SEED)
+        phantom = (f"Phantom: {len(subjects)} subjects (session 01), grid {sessions[0].volume.mask.shape}, "
+                   f"{args.folds}-fold CV over subjects.")
 
     def config(**changes) -> TrainingConfig:
         base = {"architecture": "fcn", "arguments": {"filters": args.features, "hidden_layers": args.hidden_layers},
@@ -553,8 +573,7 @@ def main(argv: list[str] | None = None) -> int:
               "removal": "Input removal (paper 001 Table 4a)",
               "real": "Real scans: flair-fcn-real-t1t2 against RF-60, leave one patient out"}
     text = ["# FLAIR synthesis benchmark (`benchmarks/flair_methods.py`)\n", NOTES,
-            f"Phantom: {len(subjects)} subjects (session 01), grid {shape}, {args.folds}-fold CV over subjects. "
-            f"Last run: {json.dumps(meta)}\n"]
+            f"{phantom} Last run: {json.dumps(meta)}\n"]
     for part in ("methods", "widths", "removal", "real"):
         if part in results:
             text += [f"## {titles[part]}\n", markdown(summarise(results[part]), "method"), ""]

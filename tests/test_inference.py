@@ -29,7 +29,8 @@ def _fcn_stage(name: str, in_channels: int, weights: str = WEIGHTS_NAME) -> Stag
                                              "hidden_layers": 2}))
 
 
-def make_card(inputs: tuple[str, ...], name: str, scope: str = "image", stages: int = 1) -> ModelCard:
+def make_card(inputs: tuple[str, ...], name: str, scope: str = "image", stages: int = 1,
+              data_source: str = "test") -> ModelCard:
     """A valid FLAIR card of ``stages`` 4-feature FCNs over ``inputs`` (later ones also take the prediction)."""
     stats = {c: Normalisation(100.0 + 50 * i, 10.0 + i) for i, c in enumerate(channels_of((*inputs, "FLAIR")))}
     n_inputs = len(channels_of(inputs))
@@ -39,7 +40,7 @@ def make_card(inputs: tuple[str, ...], name: str, scope: str = "image", stages: 
         name=name, target="FLAIR", inputs=inputs, voxel_size_mm=None, normalisation=stats,
         intensity_normalisation=scope, stages=tuple(chain),
         training=TrainingRecord(
-            subjects=(hash_subject("01", "salt"),), salt_fingerprint="0" * 64, n_sessions=1, data_source="test",
+            subjects=(hash_subject("01", "salt"),), salt_fingerprint="0" * 64, n_sessions=1, data_source=data_source,
             data_license="CC0", data_citation="", command="test", seed=0, epochs=1, patch_size=16,
             early_stopping={"strip_length": 5, "strips": 3}),
     )
@@ -127,8 +128,9 @@ def test_select_device(monkeypatch):
         select_device("tpu")
 
 
-def _model_dir(root: Path, inputs: tuple[str, ...], name: str, scope: str = "image", stages: int = 1) -> Path:
-    card = make_card(inputs, name, scope, stages)
+def _model_dir(root: Path, inputs: tuple[str, ...], name: str, scope: str = "image", stages: int = 1,
+               data_source: str = "test") -> Path:
+    card = make_card(inputs, name, scope, stages, data_source)
     torch.manual_seed(1)
     folder = root / name
     write_card(card, folder)
@@ -138,7 +140,7 @@ def _model_dir(root: Path, inputs: tuple[str, ...], name: str, scope: str = "ima
     return folder
 
 
-def test_choose_model_prefers_most_inputs_then_name(tmp_path):
+def test_choose_model_prefers_most_inputs_then_real_data_then_name(tmp_path):
     one = _model_dir(tmp_path, ("T1w",), "t1-only")
     two_b = _model_dir(tmp_path, ("T1w", "T2w"), "b-t1t2")
     two_a = _model_dir(tmp_path, ("T1w", "T2w"), "a-t1t2")
@@ -149,6 +151,10 @@ def test_choose_model_prefers_most_inputs_then_name(tmp_path):
     assert choose_model(available, ["T1w"]) == one
     assert choose_model(available, ["T2w", "PDw"]) is None
     assert choose_model([], ["T1w"]) is None
+    # at equal inputs a model trained on real scans goes before one trained on the phantom, whatever the names
+    phantom = _model_dir(tmp_path, ("T1w", "T2w"), "0-phantom-t1t2", data_source="msynth-phantom synthetic cohort")
+    assert choose_model([phantom, two_b], ["T1w", "T2w"]) == two_b
+    assert choose_model([phantom, one], ["T1w", "T2w"]) == phantom  # more inputs first
     assert all((p / "model_card.json").is_file() for p in shipped_models())
 
 

@@ -37,7 +37,9 @@ def target_models(target: str, models: Sequence[str | PathLike[str]]) -> list[Pa
 
 
 def choose_model(available: Iterable[str | PathLike[str]], present_keys: Iterable[str]) -> Path | None:
-    """The model to use for a session: all its inputs present, the most inputs first, ties by name.
+    """The model to use for a session: all its inputs present, the most inputs first, then models trained on real
+    scans before those trained on synthetic data (a card whose ``data_source`` says "synthetic", as the phantom
+    models' do), then by name.
 
     Parameters
     ----------
@@ -56,10 +58,11 @@ def choose_model(available: Iterable[str | PathLike[str]], present_keys: Iterabl
     for model_dir in available:
         card = read_card(model_dir)
         if set(card.inputs) <= present:
-            candidates.append((-len(card.inputs), card.name, str(model_dir), Path(model_dir)))
+            synthetic = "synthetic" in card.training.data_source.lower()
+            candidates.append((-len(card.inputs), synthetic, card.name, str(model_dir), Path(model_dir)))
     if not candidates:
         return None
-    return min(candidates)[3]
+    return min(candidates)[-1]
 
 
 def resolve_model(name_or_dir: str) -> Path:
