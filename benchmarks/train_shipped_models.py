@@ -47,8 +47,9 @@ FLAIR phantom neither width, depth nor longer training raised the SSIM of a fres
 on the 2 mm 3-D FLAIR phantom every fold of the 5-input model still improved at epoch 30, so that model trains up
 to 90 (``msynth-train`` resumes from the fold and final checkpoints of a 30-epoch run when only ``--epochs`` grows,
 with the same weights as one uninterrupted run). FCN-32 costs about a quarter of FCN-64 (paper 001) per voxel
-(benchmarks/results/flair_methods.md compares the widths). The real-data model also trains at ``--voxel-size 2``
-(the participant level still runs at the data's 1 mm).
+(benchmarks/results/flair_methods.md compares the widths). The shipped phantom models were trained when msynth's FCN
+had 2 hidden layers by default; ``--stage train`` now gives them paper 001's 3 (``flair-fcn-real-t1t2`` has 3). The
+real-data model also trains at ``--voxel-size 2`` (the participant level still runs at the data's 1 mm).
 """
 
 from __future__ import annotations

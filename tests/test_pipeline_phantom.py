@@ -267,7 +267,7 @@ def test_session_without_flair_gets_a_synthetic_one_and_its_lesions(phantom_part
         (view / relative).symlink_to(path)
     out = tmp_path / "out"
     argv = [str(view), str(out), "participant", "-w", str(tmp_path / "work"), "--session-label", SES, "--nprocs", "2",
-            "--model", "flair-fcn-lesjak-t1t2", "--skip-bids-validation"]
+            "--model", "flair-fcn-real-t1t2", "--skip-bids-validation"]
     assert cli.main(argv) == 0
     assert "lesions are detected automatically on the synthetic FLAIR" in capsys.readouterr().err
     synthetic = nb.load(_path(out, "anat", "space-T1w_desc-synth_FLAIR.nii.gz"))

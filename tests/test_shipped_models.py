@@ -41,7 +41,7 @@ MODEL_DIRS = shipped_models()
 
 def test_models_are_shipped():
     names = {p.name for p in MODEL_DIRS}
-    assert {"flair-fcn-phantom", "flair-fcn-lesjak-t1t2", "dvr-refiner-cgan-phantom"} <= names
+    assert {"flair-fcn-phantom", "flair-fcn-real-t1t2", "dvr-refiner-cgan-phantom"} <= names
 
 
 @pytest.mark.parametrize("model_dir", MODEL_DIRS, ids=lambda p: p.name)
