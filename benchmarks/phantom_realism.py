@@ -16,7 +16,8 @@ GM exclude the lesion voxels. Only the masks' origin differs:
 - **phantom** (:func:`phantom_statistics`): a cohort of ``--patients`` patients per ``--voxel-sizes`` from
   :func:`msynth.phantom.cohort.generate_cohort`, each session brought onto its T1w grid with the true transforms
   and N4 in the true brain (:func:`msynth.phantom.aligned.align_session`); WM and GM are the truth probability maps
-  above 0.9, the lesion mask is the truth.
+  above 0.9 or, with ``--phantom-regions kmeans``, the real scans' k-means classes (which tells how much of a GM/WM
+  difference is the region definition); the lesion mask is the truth.
 
 The summary compares, for each ratio, the phantom median with the real median: within 20 % when
 ``|(p - 1) / (r - 1) - 1| <= 0.2`` (the contrast, ratio - 1, is off by at most a fifth).
@@ -240,7 +241,8 @@ def real_scan(name: str, images: dict[str, Path], brain: np.ndarray | Path, lesi
     brain_mask = brain if isinstance(brain, np.ndarray) else load(brain)[0] > 0
     wm, gm = real_regions(data["T1w"], brain_mask)
     voxel = float(max(nib.affines.voxel_sizes(affine)))
-    return Scan({"source": "real", "scan": name, "voxel_size_mm": round(voxel, 2), "lesion_mask": lesion_mask},
+    return Scan({"source": "real", "scan": name, "voxel_size_mm": round(voxel, 2), "lesion_mask": lesion_mask,
+                 "regions": "kmeans"},
                 data, brain_mask, load(lesion)[0] > 0, wm, gm, affine)
 
 
@@ -294,34 +296,44 @@ def phantom_cohort(voxel_size: float, seed: int, n_patients: int, folder: Path, 
     return cohort
 
 
-def phantom_scan(cohort: CohortResult, subject: str, session: str, folder: Path, voxel_size: float) -> Scan:
-    """One phantom session on its T1w grid (true transforms, N4 in the true brain) with truth WM/GM > 0.9."""
+def phantom_scan(cohort: CohortResult, subject: str, session: str, folder: Path, voxel_size: float,
+                 regions: str = "truth") -> Scan:
+    """One phantom session on its T1w grid (true transforms, N4 in the true brain).
+
+    WM and GM are the truth probabilities > 0.9 (``regions='truth'``) or, as on the real scans, the eroded k-means
+    classes of the T1w (``'kmeans'``, :func:`real_regions`; lesion voxels removed).
+    """
     aligned = align_session(cohort, subject, session, list(MODALITIES), newpath=folder / f"{subject}-{session}")
     truth = cohort.truth_dir / f"sub-{subject}" / f"ses-{session}" / "anat"
     gm_path = truth / f"sub-{subject}_ses-{session}_space-T1w_label-GM_probseg.nii.gz"
     images = {key: load(path)[0] for key, path in aligned.images.items()}
     brain, affine = load(aligned.brain_mask)
+    brain, lesion = brain > 0, load(aligned.lesion_mask)[0] > 0
+    if regions == "kmeans":
+        wm, gm = (mask & ~lesion for mask in real_regions(images["T1w"], brain))
+    else:
+        wm, gm = load(aligned.wm_probseg)[0] > TISSUE_PROBABILITY, load(gm_path)[0] > TISSUE_PROBABILITY
     return Scan({"source": "phantom", "scan": f"{subject}-{session}", "voxel_size_mm": voxel_size,
-                 "lesion_mask": "truth"}, images, brain > 0, load(aligned.lesion_mask)[0] > 0,
-                load(aligned.wm_probseg)[0] > TISSUE_PROBABILITY, load(gm_path)[0] > TISSUE_PROBABILITY, affine)
+                 "lesion_mask": "truth", "regions": regions}, images, brain, lesion, wm, gm, affine)
 
 
 def phantom_measurements(voxel_size: float, seed: int, n_patients: int, scratch: Path, *,
-                         sessions: Sequence[str] = ("01",), reuse: bool = False,
-                         n_procs: int = 1) -> list[Measurement]:
-    """Generate (or reuse) a cohort in ``scratch`` and measure ``sessions`` of each patient."""
+                         sessions: Sequence[str] = ("01",), reuse: bool = False, n_procs: int = 1,
+                         regions: str = "truth") -> list[Measurement]:
+    """Generate (or reuse) a cohort in ``scratch`` and measure ``sessions`` of each patient (WM/GM: ``regions``)."""
     folder = scratch / f"phantom-{voxel_size:g}mm-seed{seed}-n{n_patients}"
     cohort = phantom_cohort(voxel_size, seed, n_patients, folder, reuse=reuse, n_procs=n_procs)
     subjects = cohort.participants["participant_id"].str.removeprefix("sub-")
-    return [measure(phantom_scan(cohort, subject, session, folder / "aligned", voxel_size))
+    return [measure(phantom_scan(cohort, subject, session, folder / "aligned", voxel_size, regions))
             for subject in subjects for session in sessions]
 
 
 def phantom_statistics(voxel_size: float, seed: int, n_patients: int, scratch: Path, *,
-                       sessions: Sequence[str] = ("01",), reuse: bool = False, n_procs: int = 1) -> pd.DataFrame:
+                       sessions: Sequence[str] = ("01",), reuse: bool = False, n_procs: int = 1,
+                       regions: str = "truth") -> pd.DataFrame:
     """The table rows of :func:`phantom_measurements` (one per patient session); read it with :func:`summary`."""
     measured = phantom_measurements(voxel_size, seed, n_patients, scratch, sessions=sessions, reuse=reuse,
-                                    n_procs=n_procs)
+                                    n_procs=n_procs, regions=regions)
     return pd.DataFrame([m.row for m in measured])
 
 
@@ -409,7 +421,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def report(frame: pd.DataFrame, command: str, notes: list[str]) -> str:
     """The Markdown report: provenance, summary, per-scan ratios, CVs and lesion volumes."""
-    ids = ["source", "scan", "voxel_size_mm", "lesion_mask"]
+    ids = [c for c in ("source", "scan", "voxel_size_mm", "lesion_mask", "regions") if c in frame]
     cvs = [f"{key}_cv_{region}" for key in MODALITIES for region in ("lesion", "nawm", "gm", "wm")]
     return "\n\n".join([
         "# Phantom realism: contrast statistics of real and phantom scans",
@@ -417,7 +429,8 @@ def report(frame: pd.DataFrame, command: str, notes: list[str]) -> str:
         f"{platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
         f"Python {platform.python_version()}.",
         "Method: `benchmarks/phantom_realism.py` (module docstring). Real WM/GM: 3-class k-means of the T1w in the "
-        "brain, eroded by one voxel; phantom WM/GM: truth probability > 0.9 on the T1w grid. NAWM: WM outside the "
+        "brain, eroded by one voxel; phantom WM/GM: truth probability > 0.9 on the T1w grid, or the same k-means "
+        "(column `regions`, option `--phantom-regions`). NAWM: WM outside the "
         "lesions dilated by 2 voxels. Lesion masks: expert (open_ms_data MNI patients), automatic (msynth's "
         "participant level; the longitudinal patients have no expert mask), truth (phantom).",
         *notes,
@@ -443,6 +456,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--sessions", nargs="+", default=["01"], help="phantom sessions measured per patient")
     parser.add_argument("--nprocs", type=int, default=1, help="phantom patients generated in parallel")
+    parser.add_argument("--phantom-regions", choices=("truth", "kmeans"), default="truth",
+                        help="phantom WM/GM: truth probability > 0.9 (default) or the real scans' T1w k-means")
     parser.add_argument("--reuse-phantom", action="store_true",
                         help="measure the cohorts already in --scratch (stale once the phantom changes)")
     only = parser.add_mutually_exclusive_group()
@@ -468,7 +483,7 @@ def main() -> None:
                 start = time.perf_counter()
                 measured += phantom_measurements(voxel_size, args.seed, args.patients, scratch,
                                                  sessions=args.sessions, reuse=args.reuse_phantom,
-                                                 n_procs=args.nprocs)
+                                                 n_procs=args.nprocs, regions=args.phantom_regions)
                 notes.append(f"Phantom at {voxel_size:g} mm ({args.patients} patient(s), seed {args.seed}, "
                              f"session(s) {' '.join(args.sessions)}): {time.perf_counter() - start:.0f} s "
                              "(generation and alignment).")
