@@ -212,8 +212,8 @@ def _add_synthesis_wf(
         return None
     card = read_card(model_dir)
     LOGGER.info("%s: %s synthesis with %s (inputs %s): of the %d %s %s model(s), the one with the most inputs all "
-                "present (at a tie: trained on real scans first, then by name)", data.label, target, card.name, "+".join(card.inputs), len(candidates),
-                "--model" if models else "shipped", target)
+                "present (at a tie: trained on real scans first, then by name)", data.label, target, card.name,
+                "+".join(card.inputs), len(candidates), "--model" if models else "shipped", target)
     synthesis_wf = init_synthesis_wf(model_dir=model_dir, card=card, t1w=data.files["T1w"],
                                      sources=[data.files[key] for key in card.inputs], bids_dir=bids_dir,
                                      output_dir=output_dir, device=device, omp_nthreads=omp_nthreads,
