@@ -242,7 +242,7 @@ def real_scan(name: str, images: dict[str, Path], brain: np.ndarray | Path, lesi
     wm, gm = real_regions(data["T1w"], brain_mask)
     voxel = float(max(nib.affines.voxel_sizes(affine)))
     return Scan({"source": "real", "scan": name, "voxel_size_mm": round(voxel, 2), "lesion_mask": lesion_mask,
-                 "regions": "kmeans"},
+                 "regions": "kmeans", "n4": "yes"},
                 data, brain_mask, load(lesion)[0] > 0, wm, gm, affine)
 
 
@@ -297,13 +297,14 @@ def phantom_cohort(voxel_size: float, seed: int, n_patients: int, folder: Path, 
 
 
 def phantom_scan(cohort: CohortResult, subject: str, session: str, folder: Path, voxel_size: float,
-                 regions: str = "truth") -> Scan:
-    """One phantom session on its T1w grid (true transforms, N4 in the true brain).
+                 regions: str = "truth", n4: bool = True) -> Scan:
+    """One phantom session on its T1w grid (true transforms, N4 in the true brain unless ``n4`` is false).
 
     WM and GM are the truth probabilities > 0.9 (``regions='truth'``) or, as on the real scans, the eroded k-means
     classes of the T1w (``'kmeans'``, :func:`real_regions`; lesion voxels removed).
     """
-    aligned = align_session(cohort, subject, session, list(MODALITIES), newpath=folder / f"{subject}-{session}")
+    aligned = align_session(cohort, subject, session, list(MODALITIES), newpath=folder / f"{subject}-{session}",
+                            bias_correction=n4)
     truth = cohort.truth_dir / f"sub-{subject}" / f"ses-{session}" / "anat"
     gm_path = truth / f"sub-{subject}_ses-{session}_space-T1w_label-GM_probseg.nii.gz"
     images = {key: load(path)[0] for key, path in aligned.images.items()}
@@ -314,26 +315,28 @@ def phantom_scan(cohort: CohortResult, subject: str, session: str, folder: Path,
     else:
         wm, gm = load(aligned.wm_probseg)[0] > TISSUE_PROBABILITY, load(gm_path)[0] > TISSUE_PROBABILITY
     return Scan({"source": "phantom", "scan": f"{subject}-{session}", "voxel_size_mm": voxel_size,
-                 "lesion_mask": "truth", "regions": regions}, images, brain, lesion, wm, gm, affine)
+                 "lesion_mask": "truth", "regions": regions, "n4": "yes" if n4 else "no"}, images, brain, lesion, wm,
+                gm, affine)
 
 
 def phantom_measurements(voxel_size: float, seed: int, n_patients: int, scratch: Path, *,
                          sessions: Sequence[str] = ("01",), reuse: bool = False, n_procs: int = 1,
-                         regions: str = "truth") -> list[Measurement]:
+                         regions: str = "truth", n4: bool = True) -> list[Measurement]:
     """Generate (or reuse) a cohort in ``scratch`` and measure ``sessions`` of each patient (WM/GM: ``regions``)."""
     folder = scratch / f"phantom-{voxel_size:g}mm-seed{seed}-n{n_patients}"
     cohort = phantom_cohort(voxel_size, seed, n_patients, folder, reuse=reuse, n_procs=n_procs)
     subjects = cohort.participants["participant_id"].str.removeprefix("sub-")
-    return [measure(phantom_scan(cohort, subject, session, folder / "aligned", voxel_size, regions))
+    return [measure(phantom_scan(cohort, subject, session, folder / ("aligned" if n4 else "aligned-no-n4"),
+                                 voxel_size, regions, n4))
             for subject in subjects for session in sessions]
 
 
 def phantom_statistics(voxel_size: float, seed: int, n_patients: int, scratch: Path, *,
                        sessions: Sequence[str] = ("01",), reuse: bool = False, n_procs: int = 1,
-                       regions: str = "truth") -> pd.DataFrame:
+                       regions: str = "truth", n4: bool = True) -> pd.DataFrame:
     """The table rows of :func:`phantom_measurements` (one per patient session); read it with :func:`summary`."""
     measured = phantom_measurements(voxel_size, seed, n_patients, scratch, sessions=sessions, reuse=reuse,
-                                    n_procs=n_procs, regions=regions)
+                                    n_procs=n_procs, regions=regions, n4=n4)
     return pd.DataFrame([m.row for m in measured])
 
 
@@ -421,7 +424,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def report(frame: pd.DataFrame, command: str, notes: list[str]) -> str:
     """The Markdown report: provenance, summary, per-scan ratios, CVs and lesion volumes."""
-    ids = [c for c in ("source", "scan", "voxel_size_mm", "lesion_mask", "regions") if c in frame]
+    ids = [c for c in ("source", "scan", "voxel_size_mm", "lesion_mask", "regions", "n4") if c in frame]
     cvs = [f"{key}_cv_{region}" for key in MODALITIES for region in ("lesion", "nawm", "gm", "wm")]
     return "\n\n".join([
         "# Phantom realism: contrast statistics of real and phantom scans",
@@ -458,6 +461,9 @@ def main() -> None:
     parser.add_argument("--nprocs", type=int, default=1, help="phantom patients generated in parallel")
     parser.add_argument("--phantom-regions", choices=("truth", "kmeans"), default="truth",
                         help="phantom WM/GM: truth probability > 0.9 (default) or the real scans' T1w k-means")
+    parser.add_argument("--phantom-n4", action=argparse.BooleanOptionalAction, default=True,
+                        help="N4 on the phantom images, as the participant level (default); --no-phantom-n4 keeps "
+                        "the acquired intensities (what N4 does to the contrasts)")
     parser.add_argument("--reuse-phantom", action="store_true",
                         help="measure the cohorts already in --scratch (stale once the phantom changes)")
     only = parser.add_mutually_exclusive_group()
@@ -483,7 +489,8 @@ def main() -> None:
                 start = time.perf_counter()
                 measured += phantom_measurements(voxel_size, args.seed, args.patients, scratch,
                                                  sessions=args.sessions, reuse=args.reuse_phantom,
-                                                 n_procs=args.nprocs, regions=args.phantom_regions)
+                                                 n_procs=args.nprocs, regions=args.phantom_regions,
+                                                 n4=args.phantom_n4)
                 notes.append(f"Phantom at {voxel_size:g} mm ({args.patients} patient(s), seed {args.seed}, "
                              f"session(s) {' '.join(args.sessions)}): {time.perf_counter() - start:.0f} s "
                              "(generation and alignment).")

@@ -220,3 +220,21 @@ def test_expert_masks_follow_the_lesions(cohort: CohortResult) -> None:
         assert sidecar["Sources"] == [f"bids:raw:sub-{subject}/ses-{session}/anat/{b}_FLAIR.nii.gz"]
     assert traced_total > 0
     assert near_total >= 0.8 * traced_total
+
+
+def test_aligned_session_keeps_the_acquired_intensities_without_bias_correction(cohort: CohortResult,
+                                                                                 tmp_path: Path) -> None:
+    from msynth.phantom.aligned import align_session
+
+    b = _stem("MS01", "01")
+    raw = align_session(cohort, "MS01", "01", ["T1w", "FLAIR"], newpath=tmp_path / "raw", bias_correction=False)
+    corrected = align_session(cohort, "MS01", "01", ["T1w", "FLAIR"], newpath=tmp_path / "n4")
+    acquired = nib.load(cohort.bids_dir / "sub-MS01" / "ses-01" / RAW[0].format(b=b)).get_fdata()
+    np.testing.assert_array_equal(nib.load(raw.images["T1w"]).get_fdata(), acquired)
+    brain = nib.load(raw.brain_mask).get_fdata() > 0
+    for key in ("T1w", "FLAIR"):
+        before = nib.load(raw.images[key]).get_fdata()[brain]
+        after = nib.load(corrected.images[key]).get_fdata()[brain]
+        assert before.shape == after.shape
+        field = after[before > 0] / before[before > 0]  # what N4 multiplied the acquired image by
+        assert field.std() / field.mean() > 0.01  # the phantom's bias (strength 0.10-0.12) is not left in place

@@ -53,7 +53,8 @@ class AlignedSession:
 
 
 def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequence[str], *,
-                  newpath: str | Path, voxel_size: float | None = None) -> AlignedSession:
+                  newpath: str | Path, voxel_size: float | None = None,
+                  bias_correction: bool = True) -> AlignedSession:
     """Move ``keys`` (MR modality keys of :data:`msynth.phantom.mri.PROTOCOLS`) of one session onto its T1w grid.
 
     Parameters
@@ -69,6 +70,9 @@ def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequen
     voxel_size
         Isotropic voxel size (mm) of a model's grid on the T1w field of view (as the synthesis node resamples for a
         card's ``voxel_size_mm``); images and truth masks are then resampled onto it. ``None``: the T1w grid.
+    bias_correction
+        N4 inside the true brain mask (default, as the participant level); ``False`` keeps the acquired intensities
+        with their bias field (to tell what N4 does to the contrasts).
 
     Returns
     -------
@@ -90,7 +94,7 @@ def align_session(cohort: CohortResult, subject: str, session: str, keys: Sequen
         if key != "T1w":
             raw = apply_transform(raw, t1w, truth / f"{label}_from-{key}_to-T1w_mode-image_xfm.mat",
                                   newpath=newpath, suffix="t1w")
-        images[key] = Path(n4_correct(raw, newpath=newpath, mask=brain).corrected)
+        images[key] = Path(n4_correct(raw, newpath=newpath, mask=brain).corrected) if bias_correction else Path(raw)
     lesion = truth / f"{label}_space-T1w_label-lesion_mask.nii.gz"
     wm = truth / f"{label}_space-T1w_label-WM_probseg.nii.gz"
     if voxel_size is not None:
