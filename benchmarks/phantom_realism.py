@@ -17,7 +17,8 @@ GM exclude the lesion voxels. Only the masks' origin differs:
   :func:`msynth.phantom.cohort.generate_cohort`, each session brought onto its T1w grid with the true transforms
   and N4 in the true brain (:func:`msynth.phantom.aligned.align_session`); WM and GM are the truth probability maps
   above 0.9 or, with ``--phantom-regions kmeans``, the real scans' k-means classes (which tells how much of a GM/WM
-  difference is the region definition); the lesion mask is the truth.
+  difference is the region definition); the lesion mask is the truth. ``--no-phantom-n4`` measures the phantom
+  images without N4 (the acquired intensities moved by the true transforms: what the bias correction changes).
 
 The summary compares, for each ratio, the phantom median with the real median: within 20 % when
 ``|(p - 1) / (r - 1) - 1| <= 0.2`` (the contrast, ratio - 1, is off by at most a fifth).
