@@ -23,10 +23,9 @@ GM exclude the lesion voxels. Only the masks' origin differs:
 The summary compares, for each ratio, the phantom median with the real median: within 20 % when
 ``|(p - 1) / (r - 1) - 1| <= 0.2`` (the contrast, ratio - 1, is off by at most a fifth).
 
-Time on the 2-core development machine beside other work: the real scans about 5 s each (the two MNI patients
-11 s); one phantom patient at 2 mm 55 s (32 s generating its two sessions, the rest moving and N4), at 1 mm an
-estimated 3-4 minutes (2.5 minutes generation, ``docs/phantom.md``), so the defaults (2 patients at 1 and 2 mm, one
-process) take about 10 minutes. Run::
+Time on the 2-core development machine beside a training run (results/phantom_realism_before.md): the six real
+scans 16 s; two phantom patients 648 s at 1 mm and 84 s at 2 mm (generation, moving and N4), so the defaults
+(2 patients at 1 and 2 mm, one process) take about 12 minutes; ``--reuse-phantom`` skips the generation. Run::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/phantom_realism.py --scratch /work/bench/realism \\
         --real-derivatives /work/bench/real/derivatives [--label before]
