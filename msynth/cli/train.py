@@ -39,6 +39,14 @@ DVR_METHODS = ("cnn2", "unet", "unet-wl1", "cgan", "refiner-cgan", "cf-sagan", "
 _DTI_MAPS = ("FA", "RD", "AD")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (named in argparse's message as the option given)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _add_shared_arguments(task: argparse.ArgumentParser, *, inputs: tuple[str, ...], choices: tuple[str, ...],
                           default_name: str, default_folds: int,
                           default_normalisation: str) -> tuple[argparse._ArgumentGroup, argparse._ArgumentGroup]:
@@ -98,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      default_name="flair-synthesis_<inputs>", default_folds=5,
                                      default_normalisation="image")
     net.add_argument("--architecture", choices=("fcn", "unet"), default="fcn", help="network (default: fcn)")
-    net.add_argument("--features", type=int, default=None, metavar="N",
+    net.add_argument("--features", type=_positive_int, default=None, metavar="N",
                      help="filters F of each hidden layer (fcn, default 64) or features at the first level (unet, "
                      "default 16)")
     net.add_argument("--depth", type=int, default=None, metavar="N",
@@ -123,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "cf-sagan, refiner-cf-sagan")
     net.add_argument("--refinements", type=int, choices=(0, 1, 2), default=1,
                      help="Refiners after the Sketcher of the refiner-* methods (default: 1, as the thesis)")
-    net.add_argument("--features", type=int, default=None, metavar="N",
+    net.add_argument("--features", type=_positive_int, default=None, metavar="N",
                      help="feature maps of the generators' first level and of the discriminators' first block "
                      "(default: the thesis's)")
     return parser
