@@ -204,7 +204,8 @@ def test_metrics_score_the_written_images(dvr_run):
     _, out = dvr_run
     table = pd.read_csv(_file(out, "01", "pet", "trc-PIB_space-T1w_desc-synthDVR_metrics.tsv"), sep="\t",
                         na_values="n/a").set_index("roi")
-    assert list(table.columns) == list(DVR_METRICS_COLUMNS[1:]) and list(table.index) == ["brain", "NAWM", "lesion"]
+    assert list(table.columns) == ["participant_id", "session_id", *DVR_METRICS_COLUMNS[1:]]
+    assert list(table.index) == ["brain", "NAWM", "lesion"] and set(table["session_id"]) == {"ses-01"}
 
     def data(name: str) -> np.ndarray:
         return nb.load(_file(out, "01", "pet" if "DVR" in name else "anat", name)).get_fdata()

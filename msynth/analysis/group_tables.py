@@ -81,7 +81,7 @@ DICTIONARIES: dict[str, dict[str, dict[str, str]]] = {
     },
     "bland_altman_points": {
         "participant_id": {"Description": "Participant"},
-        "session": {"Description": "Session (empty for per-patient indices)"},
+        "session_id": {"Description": "Session (ses-<label>; n/a for a per-patient index)"},
         "source": {"Description": "Synthesis model"},
         "quantity": {"Description": "As in bland_altman.tsv"},
         "acquired": {"Description": "Value from the acquired PET"},
@@ -110,14 +110,15 @@ def _pivot(measures: pd.DataFrame, quantities: tuple[str, ...]) -> pd.DataFrame:
 
 
 def _paired_points(measures: pd.DataFrame, quantities: list[str]) -> pd.DataFrame:
-    """acquired vs each synthetic source, per participant (and session) and quantity."""
+    """acquired vs each synthetic source, per participant (``session_id``: per session) and quantity."""
     rows = measures[measures["quantity"].isin(quantities)]
     acquired = rows[rows["source"] == myelin.ACQUIRED]
     synthetic = rows[~rows["source"].isin([myelin.ACQUIRED, ""])]
     keys = ["participant_id", "session", "quantity"]
     points = synthetic.merge(acquired[[*keys, "value"]], on=keys, suffixes=("", "_acquired"))
     points = points.rename(columns={"value": "synthetic", "value_acquired": "acquired"})
-    return points[["participant_id", "session", "source", "quantity", "acquired", "synthetic"]].reset_index(drop=True)
+    points["session_id"] = ("ses-" + points["session"]).where(points["session"] != "")
+    return points[list(DICTIONARIES["bland_altman_points"])].reset_index(drop=True)
 
 
 def _not_available(measures: pd.DataFrame, quantities: tuple[str, ...]) -> dict[str, str]:

@@ -18,6 +18,7 @@ from msynth.segmentation.lesions import (
 from msynth.segmentation.regions import region_masks
 from msynth.segmentation.tissue import SubjectPriors, segment_tissues, write_subject_priors
 from msynth.utils.itk import single_threaded_itk
+from msynth.utils.provenance import with_ids
 
 
 class _TissuePriorsInputSpec(BaseInterfaceInputSpec):
@@ -174,6 +175,8 @@ class RegionMasks(SimpleInterface):
 
 class _LesionStatisticsInputSpec(BaseInterfaceInputSpec):
     lesion_mask = File(exists=True, mandatory=True, desc="lesion mask")
+    table_ids = traits.Dict(traits.Str, traits.Str, mandatory=True,
+                            desc="participant_id and session_id: the table's first columns")
 
 
 class _LesionStatisticsOutputSpec(TraitedSpec):
@@ -182,7 +185,7 @@ class _LesionStatisticsOutputSpec(TraitedSpec):
 
 
 class LesionStatistics(SimpleInterface):
-    """Per-lesion volumes and the session's lesion count and load."""
+    """Per-lesion volumes (after the session's ``table_ids``) and the session's lesion count and load."""
 
     input_spec = _LesionStatisticsInputSpec
     output_spec = _LesionStatisticsOutputSpec
@@ -190,7 +193,7 @@ class LesionStatistics(SimpleInterface):
     def _run_interface(self, runtime):
         table = lesion_statistics(self.inputs.lesion_mask)
         out_tsv = Path(runtime.cwd) / "lesions.tsv"
-        table.to_csv(out_tsv, sep="\t", index=False, na_rep="n/a")
+        with_ids(table, self.inputs.table_ids).to_csv(out_tsv, sep="\t", index=False, na_rep="n/a")
         summary = lesion_summary(table)
         self._results["out_tsv"] = str(out_tsv)
         self._results["summary"] = {"LesionCount": summary["n_lesions"],

@@ -19,6 +19,7 @@ from nipype.interfaces.base import (
 import pandas as pd
 
 from msynth.analysis.evaluation import dvr_metrics, synthesis_metrics
+from msynth.utils.provenance import cpu_fallbacks, file_sha256, model_reference, software_versions, with_ids
 
 LOGGER = logging.getLogger("msynth.models")
 
@@ -48,11 +49,16 @@ class _SynthesizeOutputSpec(TraitedSpec):
     saliency_entities = traits.List(traits.Dict(traits.Str, traits.Str),
                                     desc="name entities of each saliency map: companion_entities and its desc")
     saliency_metadata = traits.List(traits.Dict, desc="sidecar of each saliency map (its Description)")
-    metadata = traits.Dict(desc="model and settings, for the sidecar")
+    metadata = traits.Dict(desc="model, device used and software versions, for the sidecar")
 
 
 class SynthesizeImage(SimpleInterface):
-    """Run a model card's network over its input images (:func:`msynth.models.inference.synthesize`)."""
+    """Run a model card's network over its input images (:func:`msynth.models.inference.synthesize`).
+
+    The sidecar records the device the network ran on (``auto`` resolved; ``cpu`` after a CUDA out-of-memory
+    fallback of the synthesis, which ``OutOfMemoryFallback`` then says), the model folder by its portable name and
+    its weights by their SHA-256 (:mod:`msynth.utils.provenance`), and the versions of msynth, torch and MONAI.
+    """
 
     input_spec = _SynthesizeInputSpec
     output_spec = _SynthesizeOutputSpec
@@ -68,21 +74,23 @@ class SynthesizeImage(SimpleInterface):
         torch.set_num_threads(self.inputs.omp_nthreads)
         images = dict(zip(self.inputs.keys, self.inputs.in_files, strict=True))
         card = read_card(self.inputs.model_dir)
-        self._results["out_file"] = str(synthesize(self.inputs.model_dir, images, self.inputs.brain_mask,
-                                                   newpath=runtime.cwd, device=self.inputs.device, progress=False))
+        device = select_device(self.inputs.device)
+        with cpu_fallbacks() as fallbacks:
+            self._results["out_file"] = str(synthesize(self.inputs.model_dir, images, self.inputs.brain_mask,
+                                                       newpath=runtime.cwd, device=str(device), progress=False))
         saliency = []  # (file, desc, Description) of each map
         if self.inputs.saliency:
             target = self.inputs.target if isdefined(self.inputs.target) else None
             p3s = on_cpu_after_out_of_memory(
                 lambda on: write_p3s_maps(self.inputs.model_dir, images, self.inputs.brain_mask, newpath=runtime.cwd,
                                           target=target, device=str(on)),
-                select_device(self.inputs.device), "CUDA ran out of memory in the P3S saliency maps; computing them on "
-                "the CPU instead (--device cpu avoids this)")
+                device, "CUDA ran out of memory in the P3S saliency maps; computing them on the CPU instead (--device "
+                "cpu avoids this)")
             attention = on_cpu_after_out_of_memory(
                 lambda on: write_attention_maps(self.inputs.model_dir, images, self.inputs.brain_mask,
                                                 newpath=runtime.cwd, device=str(on)),
-                select_device(self.inputs.device), "CUDA ran out of memory in the attention maps; computing them on "
-                "the CPU instead (--device cpu avoids this)")
+                device, "CUDA ran out of memory in the attention maps; computing them on the CPU instead (--device cpu "
+                "avoids this)")
             saliency = [(p3s[channel], f"P3S{channel}", P3S_DESCRIPTION) for channel in channels_of(card.inputs)]
             saliency += [(path, f"attention{label}", ATTENTION_DESCRIPTION.format(label=label))
                          for label, path in attention.items()]
@@ -90,17 +98,28 @@ class SynthesizeImage(SimpleInterface):
         self._results["saliency_files"] = [str(path) for path, _, _ in saliency]
         self._results["saliency_entities"] = [{**shared, "desc": desc} for _, desc, _ in saliency]
         self._results["saliency_metadata"] = [{"Description": description} for _, _, description in saliency]
+        model_dir = Path(self.inputs.model_dir)
         self._results["metadata"] = {
             "Model": {"Name": card.name, "Target": TARGETS[card.target].channel, "Inputs": card.inputs,
                       "Stages": [{"Name": stage.name, "Architecture": stage.network.architecture}
                                  for stage in card.stages],
-                      "VoxelSizeMM": card.voxel_size_mm, "Folder": str(Path(self.inputs.model_dir).resolve())},
-            "Inference": {"Device": self.inputs.device, "Method": "MONAI sliding windows, Gaussian blending"},
+                      "VoxelSizeMM": card.voxel_size_mm, "Folder": model_reference(model_dir),
+                      "WeightsSHA256": {stage.weights: file_sha256(model_dir / stage.weights)
+                                        for stage in card.stages}},
+            "Inference": {"Device": "cpu" if fallbacks else str(device), "RequestedDevice": self.inputs.device,
+                          "OutOfMemoryFallback": bool(fallbacks),
+                          "Method": "MONAI sliding windows, Gaussian blending"},
+            "Software": software_versions("torch", "MONAI"),
         }
         return runtime
 
 
-class _SynthesisMetricsInputSpec(BaseInterfaceInputSpec):
+class _MetricsInputSpec(BaseInterfaceInputSpec):
+    table_ids = traits.Dict(traits.Str, traits.Str, mandatory=True,
+                            desc="participant_id and session_id: the table's first columns")
+
+
+class _SynthesisMetricsInputSpec(_MetricsInputSpec):
     synthetic = File(exists=True, mandatory=True, desc="synthetic image (space-T1w)")
     acquired = File(exists=True, mandatory=True, desc="the acquired image it predicts (space-T1w)")
     brain_mask = File(exists=True, mandatory=True, desc="brain mask")
@@ -116,7 +135,8 @@ class _MetricsOutputSpec(TraitedSpec):
 
 
 class _MetricsTable(SimpleInterface):
-    """Write the table of :attr:`metrics`, called with every input (undefined ones as None), as a BIDS TSV."""
+    """Write the table of :attr:`metrics`, called with every input but ``table_ids`` (undefined ones as None), as a
+    BIDS TSV whose first columns are ``table_ids``."""
 
     output_spec = _MetricsOutputSpec
     #: the pure function computing the table from the inputs
@@ -125,8 +145,9 @@ class _MetricsTable(SimpleInterface):
     def _run_interface(self, runtime):
         out_tsv = Path(runtime.cwd) / "synthesis_metrics.tsv"
         inputs = {name: getattr(self.inputs, name) if isdefined(getattr(self.inputs, name)) else None
-                  for name in self.inputs.copyable_trait_names()}
-        self.metrics(**inputs).to_csv(out_tsv, sep="\t", index=False, na_rep="n/a")
+                  for name in self.inputs.copyable_trait_names() if name != "table_ids"}
+        table = with_ids(self.metrics(**inputs), self.inputs.table_ids)
+        table.to_csv(out_tsv, sep="\t", index=False, na_rep="n/a")
         self._results["out_tsv"] = str(out_tsv)
         return runtime
 
@@ -138,7 +159,7 @@ class SynthesisMetrics(_MetricsTable):
     metrics = staticmethod(synthesis_metrics)
 
 
-class _DVRMetricsInputSpec(BaseInterfaceInputSpec):
+class _DVRMetricsInputSpec(_MetricsInputSpec):
     synthetic = File(exists=True, mandatory=True, desc="synthetic DVR map (space-T1w)")
     acquired = File(exists=True, mandatory=True, desc="acquired (Logan) DVR map (space-T1w)")
     brain_mask = File(exists=True, mandatory=True, desc="brain mask")

@@ -2,7 +2,8 @@
 
 A synthetic FLAIR is scored as paper 001 scores it (:func:`init_flair_evaluation_wf`), a synthetic PIB DVR map as
 thesis 003 §3.3 does (:func:`init_dvr_evaluation_wf`). Each writes ``desc-synth<channel>_metrics.tsv`` beside the
-acquired image's datatype, with its JSON data dictionary.
+acquired image's datatype, with its JSON data dictionary; its first columns are ``participant_id`` and (in a dataset
+with sessions) ``session_id``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from msynth.interfaces.masks import DetectLesions
 from msynth.interfaces.synthesis import DVRMetrics, SynthesisMetrics
 from msynth.models.card import TARGETS
 from msynth.pipelines.synthesis import companion_entities
-from msynth.utils.derivatives import bids_uri
+from msynth.utils.derivatives import bids_uri, table_ids
+from msynth.utils.provenance import id_dictionary
 
 #: Column descriptions of the synthesis metrics TSV (its JSON data dictionary).
 METRICS_DICTIONARY = {
@@ -99,7 +101,7 @@ def init_flair_evaluation_wf(
     # FLAIR they were drawn on.
     detect_synthetic_lesions = pe.Node(DetectLesions(), name="detect_synthetic_lesions", mem_gb=2)
     detect_acquired_lesions = pe.Node(DetectLesions(), name="detect_acquired_lesions", mem_gb=2)
-    metrics = pe.Node(SynthesisMetrics(), name="metrics", mem_gb=2)
+    metrics = pe.Node(SynthesisMetrics(table_ids=table_ids(t1w)), name="metrics", mem_gb=2)
     ds_metrics = _metrics_sink("FLAIR", METRICS_DICTIONARY, t1w=t1w, bids_dir=bids_dir, output_dir=output_dir)
     tissues = [(field, field) for field in ("brain_mask", "gm", "wm", "csf", "gm_prior", "wm_prior")]
     workflow.connect([
@@ -161,7 +163,7 @@ def init_dvr_evaluation_wf(
     fields = ["synthetic", "acquired", "brain_mask", "wm", "lesion_mask", "nawm"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["metrics"]), name="outputnode")
-    metrics = pe.Node(DVRMetrics(), name="metrics", mem_gb=2)
+    metrics = pe.Node(DVRMetrics(table_ids=table_ids(t1w)), name="metrics", mem_gb=2)
     ds_metrics = _metrics_sink("DVR", DVR_METRICS_DICTIONARY, t1w=t1w, bids_dir=bids_dir, output_dir=output_dir)
     used = fields if lesions else fields[:4]
     workflow.connect([
@@ -175,11 +177,13 @@ def init_dvr_evaluation_wf(
 def _metrics_sink(target: str, dictionary: dict[str, dict[str, object]], *, t1w: Path, bids_dir: Path,
                   output_dir: Path) -> pe.Node:
     """The data sink of a target's metrics TSV: ``<datatype>/…_space-T1w_desc-synth<channel>_metrics.tsv`` (the
-    datatype and entities of :data:`msynth.models.card.TARGETS`, ``trc-PIB`` for a DVR), with its dictionary."""
+    datatype and entities of :data:`msynth.models.card.TARGETS`, ``trc-PIB`` for a DVR), with its dictionary (the
+    identifier columns' first)."""
     spec = TARGETS[target]
     return pe.Node(
         DerivativesDataSink(base_directory=str(output_dir), source_file=str(t1w), datatype=spec.datatype,
                             suffix="metrics", entities={**companion_entities(spec), "desc": f"synth{spec.channel}"},
-                            metadata={"SpatialReference": bids_uri(bids_dir, t1w), **dictionary}),
+                            metadata={"SpatialReference": bids_uri(bids_dir, t1w),
+                                      **id_dictionary(table_ids(t1w)), **dictionary}),
         name="ds_metrics", run_without_submitting=True,
     )

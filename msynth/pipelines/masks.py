@@ -17,8 +17,9 @@ from msynth.interfaces.masks import (
     SegmentTissues,
     TissuePriors,
 )
-from msynth.utils.derivatives import bids_uri
+from msynth.utils.derivatives import bids_uri, lesion_mask_uri, table_ids
 from msynth.utils.lesion_masks import GivenLesionMask
+from msynth.utils.provenance import id_dictionary
 
 #: Where a session's lesion mask comes from: a given mask, FLAIR hyperintensities, or nowhere.
 LesionSource = Literal["given", "automatic", "none"]
@@ -48,7 +49,8 @@ def init_masks_wf(
     With a lesion mask (given, or detected from the FLAIR on a first, unfilled segmentation), the lesions are filled
     with NAWM-like intensities before the final segmentation, so that T1w-hypointense lesions do not become grey
     matter or CSF; NAWM, surrounding NAWM (5-voxel dilation of the lesions), distance to CSF and the lesion table
-    follow. Without one, only the tissue probabilities are computed.
+    follow. Without one, only the tissue probabilities are computed. Sidecars name their sources by BIDS URI: a
+    given mask as :func:`msynth.utils.derivatives.lesion_mask_uri` says.
 
     Parameters
     ----------
@@ -117,7 +119,7 @@ def init_masks_wf(
                          name="lesion_to_t1w", mem_gb=1)
         if given.drawn_on != "T1w":
             workflow.connect([(inputnode, lesion, [("lesion_xfm", "xfm")])])
-        sources = [*sources, str(given.mask), bids_uri(bids_dir, given.image)]
+        sources = [*sources, lesion_mask_uri(bids_dir, given.mask), bids_uri(bids_dir, given.image)]
     else:
         initial_tissues = pe.Node(SegmentTissues(), name="initial_tissues", mem_gb=3)
         lesion = pe.Node(DetectLesions(), name="detect_lesions", mem_gb=2)
@@ -129,7 +131,7 @@ def init_masks_wf(
             (tissue_priors, lesion, [("gm_prior", "gm_prior"), ("wm_prior", "wm_prior")]),
         ])  # fmt: skip
     region_masks = pe.Node(RegionMasks(), name="region_masks", mem_gb=2)
-    lesion_statistics = pe.Node(LesionStatistics(), name="lesion_statistics")
+    lesion_statistics = pe.Node(LesionStatistics(table_ids=table_ids(t1w)), name="lesion_statistics")
 
     def data_sink(name: str, suffix: str, entities: dict[str, str], description: str, **extra: object) -> pe.Node:
         return pe.Node(DerivativesDataSink(
@@ -146,7 +148,7 @@ def init_masks_wf(
                             "Distance to the nearest CSF voxel (CSF probability ≥ 0.5), in mm, inside the brain.",
                             Units="mm")
     ds_lesion_table = data_sink("ds_lesion_table", "stats", {"label": "lesion"}, "One row per lesion.",
-                                **LESION_TABLE_DICTIONARY)
+                                **id_dictionary(table_ids(t1w)), **LESION_TABLE_DICTIONARY)
     lesion_metadata = pe.Node(niu.Merge(2), name="lesion_metadata", run_without_submitting=True)
 
     workflow.connect([

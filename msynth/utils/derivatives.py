@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from bids.layout import parse_file_entities
 
-import msynth
+from msynth.utils.provenance import generated_by
 
 LOGGER = logging.getLogger("msynth.derivatives")
 
@@ -74,7 +74,8 @@ Stages whose inputs were missing are listed in the run's log with the reason the
 """
 
 BIDS_VERSION = "1.10.0"
-CODE_URL = "https://github.com/msynth/msynth"
+#: Name of the ``DatasetLinks`` entry of a ``--lesion-masks`` folder outside the raw dataset.
+LESION_MASKS_LINK = "lesions"
 
 
 def source_entities(source_file: Path | str) -> dict[str, str]:
@@ -109,8 +110,55 @@ def bids_uri(bids_dir: Path, path: Path, dataset_name: str = "raw") -> str:
     return f"bids:{dataset_name}:{Path(path).relative_to(bids_dir).as_posix()}"
 
 
-def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
-    """Write the derivatives' ``dataset_description.json`` and ``.bidsignore`` (atomically)."""
+def lesion_masks_root(mask: Path) -> Path:
+    """The ``--lesion-masks`` folder of a given mask: the folder above its ``sub-<L>`` folder."""
+    return next(folder.parent for folder in Path(mask).parents if folder.name.startswith("sub-"))
+
+
+def lesion_mask_uri(bids_dir: Path, mask: Path) -> str:
+    """The BIDS URI of a lesion mask given with ``--lesion-masks``: in the raw dataset's ``raw`` link when the folder
+    lies inside it, else in its own ``lesions`` link (:func:`dataset_links`).
+
+    >>> lesion_mask_uri(Path("/data/bids"), Path("/data/bids/derivatives/lesions/sub-01/anat/sub-01_mask.nii.gz"))
+    'bids:raw:derivatives/lesions/sub-01/anat/sub-01_mask.nii.gz'
+    >>> lesion_mask_uri(Path("/data/bids"), Path("/data/masks/sub-01/ses-1/anat/sub-01_ses-1_mask.nii.gz"))
+    'bids:lesions:sub-01/ses-1/anat/sub-01_ses-1_mask.nii.gz'
+    """
+    if Path(mask).is_relative_to(bids_dir):
+        return bids_uri(bids_dir, mask)
+    return bids_uri(lesion_masks_root(mask), mask, LESION_MASKS_LINK)
+
+
+def dataset_links(bids_dir: Path, lesion_masks: Path | None = None) -> dict[str, str]:
+    """``DatasetLinks`` of the derivatives: the raw dataset, and a ``--lesion-masks`` folder outside it."""
+    links = {"raw": bids_dir.resolve().as_uri()}
+    if lesion_masks is not None and not lesion_masks.resolve().is_relative_to(bids_dir.resolve()):
+        links[LESION_MASKS_LINK] = lesion_masks.resolve().as_uri()
+    return links
+
+
+def table_ids(source_file: Path) -> dict[str, str]:
+    """``participant_id`` and, in a dataset with sessions, ``session_id`` of a raw file's session (a table's first
+    columns).
+
+    >>> table_ids(Path("sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz"))
+    {'participant_id': 'sub-01', 'session_id': 'ses-2'}
+    """
+    entities = source_entities(source_file)
+    ids = {"participant_id": f"sub-{entities['sub']}"}
+    if "ses" in entities:
+        ids["session_id"] = f"ses-{entities['ses']}"
+    return ids
+
+
+def write_dataset_description(output_dir: Path, bids_dir: Path, lesion_masks: Path | None = None) -> None:
+    """Write the derivatives' ``dataset_description.json`` and ``.bidsignore`` (atomically).
+
+    ``GeneratedBy`` names msynth and the versions of ANTsPy and torch that computed the images; ``DatasetLinks`` the
+    raw dataset and ``lesion_masks`` (``--lesion-masks``) when it lies outside it, the datasets that the sidecars'
+    BIDS URIs name. Links of an earlier run are kept (a later run without ``--lesion-masks``, or the group level,
+    leaves the sidecars it did not write valid).
+    """
     raw = _read_json(bids_dir / "dataset_description.json")
     source = {"URL": bids_dir.resolve().as_uri()}
     for key in ("DatasetDOI", "Version"):
@@ -120,9 +168,10 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
         "Name": f"msynth derivatives of {raw.get('Name', bids_dir.name)}",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "msynth", "Version": msynth.__version__, "CodeURL": CODE_URL}],
+        "GeneratedBy": generated_by(),
         "SourceDatasets": [source],
-        "DatasetLinks": {"raw": bids_dir.resolve().as_uri()},
+        "DatasetLinks": {**_read_json(output_dir / "dataset_description.json").get("DatasetLinks", {}),
+                         **dataset_links(bids_dir, lesion_masks)},
         "HowToAcknowledge": "Cite msynth and the methods listed in each file's sidecar.",
     }
     atomic_write_text(output_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n")
