@@ -49,7 +49,7 @@ def run_group_level(config: RunConfig, *, on_start: Callable[[], None] = lambda:
     workflow = init_group_wf(inputs=inputs, output_dir=staging)
     write_dataset_description(config.output_dir, config.bids_dir)
     crashes = config.output_dir / "logs" / f"group-{config.run_id}"
-    reason, _files = execute(workflow, config=config, crashes=crashes)
+    reason, _files = execute(workflow, config=config, crashes=crashes, label="group")
     if reason is not None:
         shutil.rmtree(staging, ignore_errors=True)
         LOGGER.error("group level failed: %s (crash reports in %s); nothing was published", reason, crashes)

@@ -36,6 +36,7 @@ from msynth.segmentation.lesions import check_lesion_mask
 from msynth.utils.bids import SessionData, collect_session, report_session
 from msynth.utils.derivatives import STAGING_FOLDER, Staging, StagingBusy, atomic_write_text, write_dataset_description
 from msynth.utils.lesion_masks import find_lesion_mask
+from msynth.utils.progress import MsynthLinearPlugin, MsynthMultiProcPlugin, Progress
 
 __all__ = ["NO_SPACE", "STAGING_FOLDER", "ParticipantOutcome", "check_inputs", "crash_dir", "error_reason", "execute",
            "multiproc_arguments", "no_space_reason", "participant_sessions", "resolve_device", "run_participant",
@@ -190,7 +191,7 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
             continue_on_qc_failure=config.continue_on_qc_failure,
             name=f"sub_{label}_wf",
         )
-        reason, crash_files = execute(workflow, config=config, crashes=crash_dir(config, label))
+        reason, crash_files = execute(workflow, config=config, crashes=crash_dir(config, label), label=f"sub-{label}")
         publication = None if reason is not None else staging.publish()
     if publication is None:  # logged once the staging folder is gone: on a full disk, that made room for the log
         LOGGER.error("sub-%s failed: %s (crash reports in %s)", label, reason, crash_dir(config, label))
@@ -200,12 +201,14 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
     return ParticipantOutcome(label=label, ok=True, published=publication.written, skipped=skipped)
 
 
-def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path) -> tuple[str | None, list[Path]]:
-    """Run a workflow under ``WORK_DIR/msynth_wf`` with text crash reports in ``crashes``.
+def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path, label: str) -> tuple[str | None, list[Path]]:
+    """Run a workflow under ``WORK_DIR/msynth_wf`` with text crash reports in ``crashes``, its progress shown on the
+    console under ``label`` (:class:`~msynth.utils.progress.Progress`).
 
     Returns None and no files when it finished, else the reason (the crashed nodes and their last error line, nodes
     that failed alike named together) and the crash reports. Nipype's own crash messages, tracebacks included, stay
-    out of the console (they are in the crash reports; ``-v`` shows them): the caller's one line says what failed.
+    out of the console (:mod:`msynth.utils.logs`; they are in the crash reports and the log file): the caller's one
+    line says what failed.
     """
     workflow.base_dir = str(config.work_dir / "msynth_wf")
     workflow.config["execution"].update(
@@ -216,13 +219,11 @@ def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path) -> tuple
             "remove_unnecessary_outputs": False,
         }
     )
-    plugin, plugin_args = ("Linear", {}) if config.nprocs == 1 else ("MultiProc", multiproc_arguments(config.nprocs))
-    quiet = _HideNipypeCrashMessages()
-    nipype_logger = logging.getLogger("nipype.workflow")
-    if not config.verbose:
-        nipype_logger.addFilter(quiet)
+    progress = Progress(label)
+    plugin = (MsynthLinearPlugin({}, progress=progress) if config.nprocs == 1 else
+              MsynthMultiProcPlugin(multiproc_arguments(config.nprocs), progress=progress))
     try:
-        workflow.run(plugin=plugin, plugin_args=plugin_args)
+        workflow.run(plugin=plugin)
     except RuntimeError as err:
         files = sorted(crashes.glob("crash-*.txt"))
         by_message: dict[str, list[str]] = {}
@@ -231,27 +232,16 @@ def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path) -> tuple
         reasons = [f"{', '.join(nodes)}: {message}" for message, nodes in by_message.items()]
         return "; ".join(reasons) or f"the workflow did not finish ({err})", files
     finally:
-        nipype_logger.removeFilter(quiet)
+        progress.close()
     return None, []
-
-
-class _HideNipypeCrashMessages(logging.Filter):
-    """Drops Nipype's messages about a crashed node, whose tracebacks the crash reports hold."""
-
-    PREFIXES = ("[Node] Error on", "Node %s failed to run", "Saving crash info", "could not run node",
-                "Storing result file without outputs")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.PREFIXES)
 
 
 def multiproc_arguments(n_procs: int) -> dict:
     """Arguments of Nipype's MultiProc plugin.
 
-    Workers are forked, so that they inherit the console and log-file handlers and the nodes' messages reach the
-    user. Once torch has run in this process (msynth used as a library after training or inference, as in the test
-    suite), forked workers can hang on its OpenMP thread pool; the workers then start from a fresh forkserver process
-    instead, whose node messages stay in the nodes' own reports.
+    Workers are forked. Once torch has run in this process (msynth used as a library after training or inference, as
+    in the test suite), forked workers can hang on its OpenMP thread pool; the workers then start from a fresh
+    forkserver process instead. Either way each worker logs like this process (:mod:`msynth.utils.logs`).
     """
     arguments = {"n_procs": n_procs, "raise_insufficient": False}
     if "torch" in sys.modules:
@@ -304,7 +294,7 @@ def resolve_device(requested: str) -> str:
     """The device the nodes get: ``cuda`` without a CUDA GPU falls back to ``cpu``, with one warning for the run.
 
     torch is asked in a child process: imported here, it would make the MultiProc workers start from a forkserver
-    (:func:`multiproc_arguments`), whose node messages do not reach the console.
+    (:func:`multiproc_arguments`), slower to start than forked ones.
     """
     if requested != "cuda":
         return requested
@@ -326,7 +316,7 @@ def run_participant_level(config: RunConfig, layout: BIDSLayout) -> int:
     with, say, a PET-only session. A participant with no usable session fails (exit 1), as in fMRIPrep.
     """
     try:
-        write_dataset_description(config.output_dir, config.bids_dir)
+        write_dataset_description(config.output_dir, config.bids_dir, config.lesion_masks)
     except OSError as err:
         LOGGER.error("participant level not started: the dataset description cannot be written: %s",
                      error_reason(err, config))

@@ -288,7 +288,7 @@ def test_unknown_model_is_refused(tiny_bids, tmp_path, capsys):
 
 
 def test_main_process_does_not_load_torch():
-    """Workers are forked from the main process (inheriting its log handlers) only while it has not run torch."""
+    """Workers are forked from the main process (faster to start than a forkserver's) only while it has not run torch."""
     import subprocess
     import sys
 

@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     other.add_argument(
         "-v", "--verbose", dest="verbose", action="count", default=0,
-        help="more log output; repeat (-vv) for debugging detail",
+        help="more output on the console: -v adds Nipype's node log and each step's messages, -vv debugging "
+        "detail; everything is always in OUTPUT_DIR/logs/msynth-<run id>.log",
     )
     return parser

@@ -13,54 +13,25 @@ from msynth.cli.parser import build_parser  # noqa: E402
 from msynth.config import RunConfig, resolve_config  # noqa: E402
 from msynth.utils.bids import check_symlink_loops, open_layout  # noqa: E402
 from msynth.utils.errors import UsageError  # noqa: E402
+from msynth.utils import logs  # noqa: E402
 from msynth.utils.itk import single_threaded_itk  # noqa: E402
 from msynth.utils.tabular_checks import check_clinical_tables  # noqa: E402
 from msynth.utils.validation import errors_of, validate_participants  # noqa: E402
 
 LOGGER = logging.getLogger("msynth")
-_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
-
-
-class _StderrHandler(logging.StreamHandler):
-    """A stream handler on whatever ``sys.stderr`` is at each message (it may be replaced, as pytest does)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
 
 
 def setup_logging(verbose: int) -> None:
-    """Console logging: msynth at INFO (DEBUG with -v); Nipype's node log shown from -v, its debugging at -vv."""
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
-    LOGGER.handlers[:] = [handler]
-    LOGGER.setLevel(logging.DEBUG if verbose else logging.INFO)
-    LOGGER.propagate = False
-    logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks; the console still shows
-    logging.captureWarnings(True)
-    logging.getLogger("py.warnings").handlers[:] = [handler]
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
-
-    nipype_level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
-    for key in ("workflow_level", "interface_level", "utils_level"):
-        nipype_config.set("logging", key, nipype_level)
-    nipype_logging.update_logging(nipype_config)
+    """Console logging (:mod:`msynth.utils.logs`): msynth's own lines, warnings, each workflow's progress and the
+    summary; Nipype's log and msynth's node messages from -v, debugging detail from -vv."""
+    logs.configure(logs.LogSetup(verbose=verbose))
 
 
 def log_to_file(config: RunConfig) -> None:
-    """Keep a copy of the log in ``OUTPUT_DIR/logs/msynth-<run id>.log``."""
+    """Keep the whole log, Nipype's and every node's messages included, in ``OUTPUT_DIR/logs/msynth-<run id>.log``."""
     path = config.output_dir / "logs" / f"msynth-{config.run_id}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter(_FORMAT))
-    handler.setLevel(logging.DEBUG)
-    LOGGER.addHandler(handler)
-    logging.getLogger("py.warnings").addHandler(handler)
+    logs.configure(logs.LogSetup(verbose=config.verbose, log_file=path))
 
 
 def validate_input(config: RunConfig) -> None:
