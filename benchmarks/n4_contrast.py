@@ -38,12 +38,10 @@ import numpy as np
 import pandas as pd
 
 from msynth.phantom import mri, tissue
-from msynth.phantom.cohort import generate_cohort
 from msynth.preprocessing.bias import n4_correct
+from phantom_realism import DERIVATIVE_SESSIONS, phantom_cohort
 
 RESULTS = Path(__file__).parent / "results"
-#: (subject, session) of the longitudinal patients in the participant-level outputs (as phantom_realism.py)
-REAL_SESSIONS = (("L01", "1"), ("L01", "2"), ("L03", "2"), ("L04", "1"))
 PURE_TISSUE = 0.9
 WM_FIT = 0.5
 
@@ -74,10 +72,9 @@ def _mask(path: Path, threshold: float = 0.0) -> np.ndarray:
 
 def phantom_rows(scratch: Path, n_patients: int, seed: int) -> list[dict]:
     """One row per phantom patient (ses-01, 1 mm), generated in ``scratch`` unless already there."""
-    bids = scratch / f"phantom-1mm-seed{seed}-n{n_patients}" / "bids"
-    truth = bids.with_name("bids-truth")
-    if not (bids / "participants.tsv").exists():
-        generate_cohort(bids, n_controls=0, n_patients=n_patients, voxel_size=1.0, seed=seed, overwrite=True)
+    cohort = phantom_cohort(1.0, seed, n_patients, scratch / f"phantom-1mm-seed{seed}-n{n_patients}", reuse=True,
+                            n_procs=1)
+    bids, truth = cohort.bids_dir, cohort.truth_dir
     rows = []
     for number in range(1, n_patients + 1):
         subject, anat = f"MS{number:02d}", f"sub-MS{number:02d}/ses-01/anat"
@@ -94,7 +91,7 @@ def phantom_rows(scratch: Path, n_patients: int, seed: int) -> list[dict]:
 def real_rows(derivatives: Path, bids: Path, scratch: Path) -> list[dict]:
     """One row per longitudinal visit found in ``derivatives``; a visit without its files is skipped, said why."""
     rows = []
-    for subject, session in REAL_SESSIONS:
+    for subject, session in DERIVATIVE_SESSIONS:
         stem = derivatives / f"sub-{subject}" / f"ses-{session}" / "anat" / f"sub-{subject}_ses-{session}_space-T1w_"
         raw = bids / f"sub-{subject}" / f"ses-{session}" / "anat" / f"sub-{subject}_ses-{session}_T1w.nii.gz"
         needed = [raw, *(Path(f"{stem}{suffix}.nii.gz") for suffix in
