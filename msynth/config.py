@@ -44,6 +44,7 @@ class RunConfig:
     saliency: bool = False
     mem_gb: float | None = None
     continue_on_qc_failure: bool = False
+    reports_only: bool = False
     queries: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_QUERIES))
     run_id: str = ""
     version: str = msynth.__version__
@@ -202,6 +203,9 @@ def _omp_nthreads(requested: int, nprocs: int) -> int:
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """Check the command line against the file system and the dataset, before any work."""
+    if args.reports_only and args.analysis_level != "participant":
+        raise UsageError("--reports-only rebuilds the participant reports; the group report is rebuilt by running "
+                         "the group level again, which reads the participant outputs and recomputes only the tables")
     bids_dir, output_dir, work_dir = check_paths(args.bids_dir, args.output_dir, args.work_dir)
     queries = load_filter_file(args.bids_filter_file)
     participants = check_labels(bids_dir, "participant", args.participant_label)
@@ -224,6 +228,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         saliency=args.saliency,
         mem_gb=args.mem_gb,
         continue_on_qc_failure=args.continue_on_qc_failure,
+        reports_only=args.reports_only,
         queries=queries,
         run_id=new_run_id(),
     )

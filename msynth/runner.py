@@ -29,6 +29,7 @@ from nipype.pipeline import engine as pe
 
 from msynth.config import RunConfig
 from msynth.pipelines.participant import init_participant_wf
+from msynth.reports.participant import build_participant_report, workflow_methods
 from msynth.models.card import read_card
 from msynth.models.selection import shipped_models
 from msynth.preprocessing.checks import check_dwi, check_input_image, check_memory, check_pet_timing
@@ -39,8 +40,8 @@ from msynth.utils.lesion_masks import find_lesion_mask
 from msynth.utils.progress import MsynthLinearPlugin, MsynthMultiProcPlugin, Progress
 
 __all__ = ["NO_SPACE", "STAGING_FOLDER", "ParticipantOutcome", "check_inputs", "crash_dir", "error_reason", "execute",
-           "multiproc_arguments", "no_space_reason", "participant_sessions", "resolve_device", "run_participant",
-           "run_participant_level", "summarise"]
+           "multiproc_arguments", "no_space_reason", "participant_sessions", "rebuild_reports", "resolve_device",
+           "run_participant", "run_participant_level", "summarise", "write_report"]
 
 LOGGER = logging.getLogger("msynth.runner")
 
@@ -61,6 +62,8 @@ class ParticipantOutcome:
     crash_files: list[Path] = field(default_factory=list)
     #: ``(session label, reason)`` of each session that was left out, e.g. for want of a T1w image.
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: The methods paragraph of the workflow built for the participant (for its report); empty when none was built.
+    methods: str = ""
 
 
 def participant_sessions(layout: BIDSLayout, label: str, sessions: list[str] | None) -> list[str | None]:
@@ -77,10 +80,10 @@ def crash_dir(config: RunConfig, label: str) -> Path:
 
 
 def run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
-    """Build and run the workflow of one participant; never raises."""
+    """Build and run the workflow of one participant, then write its visual report; never raises."""
     try:
-        return _run_participant(config, layout, label)
-    except StagingBusy as err:
+        outcome = _run_participant(config, layout, label)
+    except StagingBusy as err:  # another process owns this participant's outputs, and its report
         LOGGER.error("sub-%s not processed: %s", label, err)
         return ParticipantOutcome(label=label, ok=False, reason=str(err))
     except Exception as err:  # noqa: BLE001 - isolate the participant whatever went wrong
@@ -92,7 +95,46 @@ def run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Partic
             LOGGER.error("sub-%s failed: %s (its error report could not be written either)", label, reason)
             return ParticipantOutcome(label=label, ok=False, reason=reason)
         LOGGER.error("sub-%s failed: %s (details in %s)", label, reason, report)
-        return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=[report])
+        outcome = ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=[report])
+    write_report(config, outcome)
+    return outcome
+
+
+def write_report(config: RunConfig, outcome: ParticipantOutcome) -> Path | None:
+    """Write ``OUTPUT_DIR/sub-<L>.html`` from what OUTPUT_DIR holds now, with the run's failure and skipped sessions.
+
+    The report is quality control, not a result: one that cannot be made is a warning and changes no exit code.
+    """
+    try:
+        path = build_participant_report(config.output_dir, outcome.label, methods=outcome.methods,
+                                        failure=None if outcome.ok else outcome.reason, skipped=outcome.skipped)
+    except Exception as err:  # noqa: BLE001 - a report must never cost the participant its outputs
+        LOGGER.warning("sub-%s: the visual report could not be made (%s: %s); the outputs are not affected — "
+                       "rebuild it with --reports-only", outcome.label, type(err).__name__, err)
+        return None
+    LOGGER.info("sub-%s: visual report %s", outcome.label, path)
+    return path
+
+
+def rebuild_reports(config: RunConfig, layout: BIDSLayout) -> int:
+    """``--reports-only``: rebuild every requested participant's report from OUTPUT_DIR; runs no workflow.
+
+    The methods paragraph is that of the workflow these options would build. Returns 1 when a report could not be
+    made, else 0.
+    """
+    made = 0
+    for label in config.participants:
+        sessions, skipped, methods = [], [], ""
+        try:
+            sessions, skipped = _collect_sessions(config, layout, label, check=False)
+            if sessions:
+                methods = workflow_methods(_participant_workflow(config, sessions, config.output_dir, label))
+        except Exception as err:  # noqa: BLE001 - the report says what exists even when the inputs changed since
+            LOGGER.warning("sub-%s: no methods paragraph, the workflow cannot be built from the inputs: %s", label, err)
+        outcome = ParticipantOutcome(label=label, ok=True, skipped=skipped, methods=methods)
+        made += write_report(config, outcome) is not None
+    LOGGER.info("reports rebuilt for %d of %d participants", made, len(config.participants))
+    return 0 if made == len(config.participants) else 1
 
 
 def error_reason(err: BaseException, config: RunConfig) -> str:
@@ -157,48 +199,64 @@ NO_T1W = ("no T1w image, and every stage needs the T1w reference — check the d
           "--bids-filter-file")
 
 
-def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
-    requested = participant_sessions(layout, label, config.sessions)
-    if not requested:
-        LOGGER.info("sub-%s has none of the requested sessions (%s); nothing to do", label, " ".join(config.sessions))
-        return ParticipantOutcome(label=label, ok=True)
+def _collect_sessions(config: RunConfig, layout: BIDSLayout, label: str, *,
+                      check: bool = True) -> tuple[list[SessionData], list[tuple[str, str]]]:
+    """The participant's requested sessions with a T1w, each checked (``check``) before any work, and the
+    ``(session, reason)`` of those left out."""
     sessions, skipped = [], []
-    cards = [read_card(model) for model in config.models or shipped_models()]
+    cards = [read_card(model) for model in config.models or shipped_models()] if check else []
     model_voxel_sizes = [card.voxel_size_mm for card in cards if card.voxel_size_mm]
-    for session in requested:
+    for session in participant_sessions(layout, label, config.sessions):
         data = collect_session(layout, label, session, config.queries)
         if config.lesion_masks is not None:
             data.lesion_mask = find_lesion_mask(config.lesion_masks, data)
-        LOGGER.info(report_session(data))
+        if check:
+            LOGGER.info(report_session(data))
         if "T1w" not in data.files:
-            LOGGER.warning("%s skipped: %s", data.label, NO_T1W)
             skipped.append((session, NO_T1W))
             continue
-        check_inputs(data, mem_gb=config.mem_gb, model_voxel_sizes=model_voxel_sizes)
+        if check:
+            check_inputs(data, mem_gb=config.mem_gb, model_voxel_sizes=model_voxel_sizes)
         sessions.append(data)
+    return sessions, skipped
+
+
+def _participant_workflow(config: RunConfig, sessions: list[SessionData], output_dir: Path, label: str) -> pe.Workflow:
+    return init_participant_wf(
+        sessions=sessions,
+        bids_dir=config.bids_dir,
+        output_dir=output_dir,
+        omp_nthreads=config.omp_nthreads,
+        device=config.device,
+        models=config.models,
+        saliency=config.saliency,
+        continue_on_qc_failure=config.continue_on_qc_failure,
+        name=f"sub_{label}_wf",
+    )
+
+
+def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
+    if not participant_sessions(layout, label, config.sessions):
+        LOGGER.info("sub-%s has none of the requested sessions (%s); nothing to do", label, " ".join(config.sessions))
+        return ParticipantOutcome(label=label, ok=True)
+    sessions, skipped = _collect_sessions(config, layout, label)
+    for session, reason in skipped:
+        LOGGER.warning("sub-%s%s skipped: %s", label, f" ses-{session}" if session else "", reason)
     if not sessions:
         raise ValueError("no session with a T1w image — check the dataset or the T1w query of --bids-filter-file")
 
     with Staging(config.output_dir, f"sub-{label}", config.run_id) as staging:
-        workflow = init_participant_wf(
-            sessions=sessions,
-            bids_dir=config.bids_dir,
-            output_dir=staging.folder,
-            omp_nthreads=config.omp_nthreads,
-            device=config.device,
-            models=config.models,
-            saliency=config.saliency,
-            continue_on_qc_failure=config.continue_on_qc_failure,
-            name=f"sub_{label}_wf",
-        )
+        workflow = _participant_workflow(config, sessions, staging.folder, label)
+        methods = workflow_methods(workflow)
         reason, crash_files = execute(workflow, config=config, crashes=crash_dir(config, label), label=f"sub-{label}")
         publication = None if reason is not None else staging.publish()
     if publication is None:  # logged once the staging folder is gone: on a full disk, that made room for the log
         LOGGER.error("sub-%s failed: %s (crash reports in %s)", label, reason, crash_dir(config, label))
-        return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=crash_files, skipped=skipped)
+        return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=crash_files, skipped=skipped,
+                                  methods=methods)
     LOGGER.info("sub-%s finished: %d files in %s, %d of them new or changed", label,
                 len(publication.written) + len(publication.unchanged), config.output_dir, len(publication.written))
-    return ParticipantOutcome(label=label, ok=True, published=publication.written, skipped=skipped)
+    return ParticipantOutcome(label=label, ok=True, published=publication.written, skipped=skipped, methods=methods)
 
 
 def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path, label: str) -> tuple[str | None, list[Path]]:

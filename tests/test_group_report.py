@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _browser import needs_chromium, screenshot
 from msynth.reports import group_figures, html as report_html
 from msynth.reports.group import PatientOverlay, write_group_report
 from msynth.reports.group_figures import lesion_slices, overlay_labels
 
-CHROMIUM = Path("/usr/bin/chromium")
 MODEL = "sketch-refine"
 PATIENTS = [f"sub-P0{i}" for i in range(1, 7)]
 CONTROLS = ["sub-C01", "sub-C02"]
@@ -211,18 +211,9 @@ def test_report_modules_do_not_load_torch():
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: `make test` installs Debian's "
-                    "chromium when run as root with apt-get; without it the report is not rendered")
+@needs_chromium
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    from matplotlib.image import imread
-
-    screenshot = tmp_path / "report.png"
-    subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={screenshot}",
-                    "--window-size=1200,3000", report.resolve().as_uri()],
-                   capture_output=True, timeout=120, check=True)
-    pixels = np.round(imread(screenshot)[..., :3] * 255).astype(np.uint8)
+    pixels = screenshot(report, tmp_path)
     assert pixels.shape == (3000, 1200, 3)
     assert np.mean(np.any(pixels < 245, axis=-1)) > 0.05  # not a blank page (tables and plots: 0.14)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # rendered plots, not only text

@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         "sidecar instead of failing the session",
     )
     other.add_argument(
+        "--reports-only", action="store_true",
+        help="participant level: rebuild each participant's visual report (OUTPUT_DIR/sub-<L>.html and "
+        "sub-<L>/figures/) from the outputs already in OUTPUT_DIR, and run nothing else",
+    )
+    other.add_argument(
         "-v", "--verbose", dest="verbose", action="count", default=0,
         help="more output on the console: -v adds Nipype's node log and each step's messages, -vv debugging "
         "detail; everything is always in OUTPUT_DIR/logs/msynth-<run id>.log",

@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for problem in clinical_problems:  # the group level needs these values; the participant level does not
         LOGGER.warning("%s (the group level will report it as n/a)", problem)
-    from msynth.runner import run_participant_level  # heavy imports only when there is work
+    from msynth.runner import rebuild_reports, run_participant_level  # heavy imports only when there is work
 
-    return run_participant_level(config, layout)
+    return rebuild_reports(config, layout) if config.reports_only else run_participant_level(config, layout)
 
 
 def _start_log(config: RunConfig) -> None:

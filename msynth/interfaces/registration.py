@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nb
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
+from msynth.preprocessing.fsl_transforms import flirt_metadata, write_flirt_copy
 from msynth.preprocessing.registration import (
     MAX_PLAUSIBLE_SCALE,
     apply_transform,
@@ -144,6 +145,31 @@ class ComposeTransforms(SimpleInterface):
             for index, (xfm, flag) in enumerate(zip(self.inputs.xfms, flags))
         ]
         self._results["out_xfm"] = str(compose(steps, out_xfm=f"{runtime.cwd}/composed.mat"))
+        return runtime
+
+
+class _FlirtCopyInputSpec(BaseInterfaceInputSpec):
+    ants_xfm = File(exists=True, mandatory=True, desc="ANTs from-<key>_to-T1w transform (T1w points to source points)")
+    source = File(exists=True, mandatory=True, desc="the raw image the transform resamples (FLIRT's -in)")
+    reference = File(exists=True, mandatory=True, desc="the session's raw T1w (FLIRT's -ref)")
+
+
+class _FlirtCopyOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the transform as a FLIRT text matrix")
+    metadata = traits.Dict(desc="convention and fslpy version, for the sidecar")
+
+
+class FlirtCopy(SimpleInterface):
+    """The ANTs transform in FLIRT convention, for FSL users; see :mod:`msynth.preprocessing.fsl_transforms`."""
+
+    input_spec = _FlirtCopyInputSpec
+    output_spec = _FlirtCopyOutputSpec
+
+    def _run_interface(self, runtime):
+        self._results["out_file"] = str(
+            write_flirt_copy(self.inputs.ants_xfm, self.inputs.source, self.inputs.reference, newpath=runtime.cwd)
+        )
+        self._results["metadata"] = flirt_metadata()
         return runtime
 
 

@@ -8,9 +8,9 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from msynth.interfaces.anat import N4BiasCorrection
-from msynth.interfaces.bids import DerivativesDataSink
-from msynth.interfaces.registration import ApplyTransform, RegisterToReference
-from msynth.utils.derivatives import bids_uri
+from msynth.interfaces.bids import CONTRACT_ENTITIES, DerivativesDataSink
+from msynth.interfaces.registration import ApplyTransform, FlirtCopy, RegisterToReference
+from msynth.utils.derivatives import bids_uri, derivative_path, source_entities
 
 #: BIDS suffix of each co-registered modality's preprocessed image (T1SE and DIR keep their ``acq-``).
 SUFFIX = {"T2w": "T2w", "PDw": "PDw", "FLAIR": "FLAIR", "T1SE": "T1w", "DIR": "T2w", "MTR": "MTRmap"}
@@ -59,7 +59,8 @@ def init_coregistration_wf(
     preproc
         The image in space-T1w.
     xfm
-        ``from-<key>_to-T1w_mode-image_xfm.mat``: maps T1w points to points of the raw image.
+        ``from-<key>_to-T1w_mode-image_xfm.mat``: maps T1w points to points of the raw image (filed with its FLIRT
+        copy, :func:`init_flirt_xfm_wf`).
     """
     if key not in SUFFIX:
         raise ValueError(f"key must be one of {sorted(SUFFIX)}, got {key!r}")
@@ -72,6 +73,8 @@ def init_coregistration_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_preproc", "brain_mask"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["preproc", "xfm"]), name="outputnode")
 
+    flirt_xfm_wf = init_flirt_xfm_wf(key=key, source=image, t1w=t1w, bids_dir=bids_dir, output_dir=output_dir,
+                                     datatype="anat")
     register = pe.Node(RegisterToReference(key=key, affine=False, continue_on_qc_failure=continue_on_qc_failure),
                        name="register", mem_gb=2)
     resample = pe.Node(ApplyTransform(reference=str(t1w)), name="resample", mem_gb=1)
@@ -115,9 +118,67 @@ def init_coregistration_wf(
     workflow.connect([
         (register, resample, [("out_xfm", "xfm")]),
         (register, ds_xfm, [("out_xfm", "in_file")]),
+        (register, flirt_xfm_wf, [("out_xfm", "inputnode.xfm")]),
         (resample, ds_preproc, [("out_file", "in_file")]),
         (register, outputnode, [("out_xfm", "xfm")]),
         (resample, outputnode, [("out_file", "preproc")]),
     ])  # fmt: skip
     return workflow
 
+
+def init_flirt_xfm_wf(
+    *,
+    key: str,
+    source: Path,
+    t1w: Path,
+    bids_dir: Path,
+    output_dir: Path,
+    datatype: str,
+    name: str = "flirt_xfm_wf",
+) -> pe.Workflow:
+    """File an FSL (FLIRT) copy of a ``from-<key>_to-T1w_mode-image_xfm.mat`` beside it, for FSL users.
+
+    ``from-<key>_to-T1w_mode-image_desc-flirt_xfm.mat`` maps the raw <key> image's scaled-voxel coordinates to the
+    T1w's (:mod:`msynth.preprocessing.fsl_transforms`); its sidecar names the two images it is meant for.
+
+    Parameters
+    ----------
+    key
+        Modality key (names the transform).
+    source
+        The raw image of that modality (FLIRT's ``-in``).
+    t1w
+        The session's raw T1w (FLIRT's ``-ref``; the space-T1w grid).
+    bids_dir, output_dir
+        Input dataset root (for BIDS URIs) and derivatives (staging) root.
+    datatype
+        Folder of the transform (anat, dwi or pet).
+
+    Inputs
+    ------
+    xfm
+        The ANTs transform.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["xfm"]), name="inputnode")
+    to_flirt = pe.Node(FlirtCopy(source=str(source), reference=str(t1w)), name="to_flirt")
+    entities = {"from": key, "to": "T1w", "mode": "image"}
+    kept = {entity: value for entity, value in source_entities(source).items() if entity in CONTRACT_ENTITIES}
+    ants_xfm = derivative_path({**kept, **entities}, datatype, "xfm", ".mat")
+    ds_flirt_xfm = pe.Node(
+        DerivativesDataSink(
+            base_directory=str(output_dir), source_file=str(source), datatype=datatype, suffix="xfm",
+            entities={**entities, "desc": "flirt"},
+            metadata={"Description": f"{ants_xfm.name} in FSL FLIRT convention: flirt -in <Source> -ref <Reference> "
+                                     "-applyxfm -init <this file> resamples the Source onto the T1w grid.",
+                      "Source": bids_uri(bids_dir, source), "Reference": bids_uri(bids_dir, t1w),
+                      "Sources": [f"bids::{ants_xfm.as_posix()}", bids_uri(bids_dir, source), bids_uri(bids_dir, t1w)],
+                      "SpatialReference": bids_uri(bids_dir, t1w)},
+        ),
+        name="ds_flirt_xfm", run_without_submitting=True,
+    )
+    workflow.connect([
+        (inputnode, to_flirt, [("xfm", "ants_xfm")]),
+        (to_flirt, ds_flirt_xfm, [("out_file", "in_file"), ("metadata", "run_metadata")]),
+    ])  # fmt: skip
+    return workflow

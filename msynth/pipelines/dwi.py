@@ -10,6 +10,7 @@ from nipype.pipeline import engine as pe
 from msynth.interfaces.bids import DerivativesDataSink
 from msynth.interfaces.dwi import DTI_PARAMETERS, DTIFit
 from msynth.interfaces.registration import ApplyTransform, RegisterToReference
+from msynth.pipelines.coregistration import init_flirt_xfm_wf
 from msynth.utils.derivatives import bids_uri
 
 
@@ -76,6 +77,8 @@ def init_dwi_wf(
                                mem_gb=1)
 
     sink = {"base_directory": str(output_dir), "source_file": str(dwi), "datatype": "dwi"}
+    flirt_xfm_wf = init_flirt_xfm_wf(key="DWI", source=dwi, t1w=t1w, bids_dir=bids_dir, output_dir=output_dir,
+                                     datatype="dwi")
     ds_xfm = pe.Node(
         DerivativesDataSink(**sink, suffix="xfm",
                             entities={"from": "DWI", "to": "T1w", "mode": "image"}),
@@ -103,6 +106,7 @@ def init_dwi_wf(
         (dti_fit, resample_maps, [("maps", "moving")]),
         (register_b0, resample_maps, [("out_xfm", "xfm")]),
         (register_b0, ds_xfm, [("out_xfm", "in_file")]),
+        (register_b0, flirt_xfm_wf, [("out_xfm", "inputnode.xfm")]),
         (resample_maps, ds_maps, [("out_file", "in_file")]),
         (dti_fit, merge_metadata, [("metadata", "in1")]),
         (register_b0, merge_metadata, [("metadata", "in2")]),

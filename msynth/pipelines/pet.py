@@ -11,6 +11,7 @@ from msynth.interfaces.bids import DerivativesDataSink
 from msynth.interfaces.pet import LoganDVR, PETMean, ReferenceRegion
 from msynth.interfaces.registration import ApplyTransform, ComposeTransforms, RegisterToReference
 from msynth.preprocessing.pet import K2_REF_PER_MIN, T_STAR_MIN, Estimator
+from msynth.pipelines.coregistration import init_flirt_xfm_wf
 from msynth.utils.derivatives import bids_uri
 
 #: How each estimator is named in the methods text.
@@ -100,6 +101,8 @@ def init_pet_wf(
     dvr_to_t1w = pe.Node(ApplyTransform(reference=str(t1w)), name="dvr_to_t1w", mem_gb=1)
 
     sink = {"base_directory": str(output_dir), "source_file": str(pet), "datatype": "pet"}
+    flirt_xfm_wf = init_flirt_xfm_wf(key="PET", source=pet, t1w=t1w, bids_dir=bids_dir, output_dir=output_dir,
+                                     datatype="pet")
     ds_xfm = pe.Node(
         DerivativesDataSink(**sink, suffix="xfm",
                             entities={"from": "PET", "to": "T1w", "mode": "image"}),
@@ -135,6 +138,7 @@ def init_pet_wf(
         (logan, dvr_to_t1w, [("out_file", "moving")]),
         (register_pet, dvr_to_t1w, [("out_xfm", "xfm")]),
         (register_pet, ds_xfm, [("out_xfm", "in_file")]),
+        (register_pet, flirt_xfm_wf, [("out_xfm", "inputnode.xfm")]),
         (dvr_to_t1w, ds_dvr, [("out_file", "in_file")]),
         (logan, merge_metadata, [("metadata", "in1")]),
         (register_pet, merge_metadata, [("metadata", "in2")]),

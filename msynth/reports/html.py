@@ -1,7 +1,9 @@
-"""Building blocks of self-contained HTML reports: embedded figures, formatted tables, a page shell.
+"""Building blocks of HTML reports: embedded figures, formatted tables, a page shell.
 
-A report must open from a cluster's scratch folder or an e-mail attachment, with no network: figures are PNGs
-embedded as ``data:`` URIs, the style sheet is inline, and nothing refers to another file. Figures are drawn on a
+A report must open from a cluster's scratch folder or an e-mail attachment, with no network: the style sheet is
+inline and nothing is fetched. The group report is one self-contained file (figures are PNGs embedded as ``data:``
+URIs); the participant reports (:mod:`msynth.reports.participant`) link their figure files in ``sub-<L>/figures/``
+by relative paths, as fMRIPrep does, so that their SVG flickers stay animated. Figures are drawn on a
 :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot, no display, no global backend state). This module
 imports neither torch nor pyplot, so the main ``msynth`` process may use it.
 """
@@ -34,12 +36,17 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
 th { background: #e8eef5; white-space: normal; }
 td.text, th.text { text-align: left; }
+table.wrap td { white-space: normal; }
+div.scroll { overflow-x: auto; }
 tr:nth-child(even) td { background: #f7f9fb; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #444; }
 p.note { color: #7a4b00; background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.4em 0.8em; }
 li.message { font-family: 'DejaVu Sans Mono', monospace; font-size: 0.9em; }
+h3 { color: #1f4e79; margin-top: 1.4em; }
+object.svg-reportlet { width: 100%; border: 1px solid #ddd; background: #000; }
+p.path { font-family: 'DejaVu Sans Mono', monospace; font-size: 0.8em; color: #666; margin: 0.2em 0; }
 """
 
 
@@ -77,7 +84,7 @@ def format_value(value: object, spec: str = ".3g") -> str:
 
 
 def html_table(frame: pd.DataFrame, *, formats: Mapping[str, str | Callable[[float], str]] | None = None,
-               headers: Mapping[str, str] | None = None) -> str:
+               headers: Mapping[str, str] | None = None, wrap: bool = False) -> str:
     """An HTML ``<table>`` of ``frame``'s rows, each cell formatted by :func:`format_value` and escaped.
 
     Parameters
@@ -89,6 +96,8 @@ def html_table(frame: pd.DataFrame, *, formats: Mapping[str, str | Callable[[flo
         that formats the cell itself (a p-value with its significance mark).
     headers : mapping, optional
         Column name → header text (default: the column name, so a reader can find it in the TSV).
+    wrap : bool
+        Let long text cells wrap (a model card's data source) instead of keeping each cell on one line.
     """
     formats = formats or {}
     headers = headers or {}
@@ -101,7 +110,8 @@ def html_table(frame: pd.DataFrame, *, formats: Mapping[str, str | Callable[[flo
         cells = (f"<td{align[column]}>{html.escape(_format_cell(value, formats.get(column, '.3g')))}</td>"
                  for column, value in zip(frame.columns, record))
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    opening = '<table class="wrap">' if wrap else "<table>"
+    return f"{opening}<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _format_cell(value: object, spec: str | Callable[[float], str]) -> str:

@@ -61,6 +61,8 @@ BIDSIGNORE = """\
 *_desc-synthdemyelinated_mask.json
 group
 sub-*/log
+sub-*/figures
+sub-*.html
 """
 
 DERIVATIVES_README = """\
