@@ -36,7 +36,8 @@ demo: $(STAMP)
 	$(BIN)/msynth $(DEMO)/bids $(DEMO)/derivatives participant -w $(DEMO)/work \
 	    --lesion-masks $(DEMO)/bids/derivatives/lesions
 	$(BIN)/msynth $(DEMO)/bids $(DEMO)/derivatives group -w $(DEMO)/work
-	@echo "demo: outputs in $(DEMO)/derivatives; the group report is $(DEMO)/derivatives/group/report.html"
+	@echo "demo: outputs in $(DEMO)/derivatives; one report per participant, $(DEMO)/derivatives/sub-<L>.html," \
+	      "and the group report, $(DEMO)/derivatives/group/report.html"
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
