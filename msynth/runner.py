@@ -81,6 +81,9 @@ def crash_dir(config: RunConfig, label: str) -> Path:
 
 def run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
     """Build and run the workflow of one participant, then write its visual report; never raises."""
+    if not participant_sessions(layout, label, config.sessions):
+        LOGGER.info("sub-%s has none of the requested sessions (%s); nothing to do", label, " ".join(config.sessions))
+        return ParticipantOutcome(label=label, ok=True)
     try:
         outcome = _run_participant(config, layout, label)
     except StagingBusy as err:  # another process owns this participant's outputs, and its report
@@ -236,9 +239,6 @@ def _participant_workflow(config: RunConfig, sessions: list[SessionData], output
 
 
 def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> ParticipantOutcome:
-    if not participant_sessions(layout, label, config.sessions):
-        LOGGER.info("sub-%s has none of the requested sessions (%s); nothing to do", label, " ".join(config.sessions))
-        return ParticipantOutcome(label=label, ok=True)
     sessions, skipped = _collect_sessions(config, layout, label)
     for session, reason in skipped:
         LOGGER.warning("sub-%s%s skipped: %s", label, f" ses-{session}" if session else "", reason)

@@ -135,8 +135,8 @@ def test_participant_without_the_requested_session_is_not_a_failure(tmp_path, ca
             "--nprocs", "1", "--skip-bids-validation"]
     assert cli.main(argv) == 0
     assert "participant level: 2 of 2 participants finished" in capsys.readouterr().err
-    assert [p.name for p in (out / "sub-01").iterdir()] == ["ses-2"]
-    assert not (out / "sub-02").exists()
+    assert sorted(p.name for p in (out / "sub-01").iterdir()) == ["figures", "ses-2"]  # figures: its report's
+    assert not (out / "sub-02").exists() and not (out / "sub-02.html").exists()
 
 
 @pytest.mark.parametrize(("values", "message"), [

@@ -169,7 +169,7 @@ def test_absent_inputs_become_reasons(derivatives, tmp_path):
 def test_missing_participant_says_so(tmp_path):
     text = build_participant_report(tmp_path, "X9", failure="no session with a T1w image").read_text()
     assert "No derivative of sub-X9 in OUTPUT_DIR" in text and "This participant failed: no session" in text
-    assert not (tmp_path / "sub-X9" / "figures").exists()
+    assert not (tmp_path / "sub-X9").exists()
 
 
 def test_workflow_methods_are_gathered_once_per_kind():

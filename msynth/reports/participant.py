@@ -32,7 +32,7 @@ import pandas as pd
 
 from msynth.reports import participant_figures as figures
 from msynth.reports.html import html_page, html_table, paragraphs_html, read_tsv
-from msynth.utils.derivatives import atomic_write_text, derivative_path
+from msynth.utils.derivatives import atomic_target, atomic_write_text, derivative_path
 
 __all__ = ["COREGISTERED", "REFERENCES", "build_participant_report", "log_messages", "methods_references",
            "workflow_methods"]
@@ -259,24 +259,28 @@ class _Figures:
 
     def __init__(self, output_dir: Path, label: str):
         self.output_dir = output_dir
-        self.folder = output_dir / f"sub-{label}" / "figures"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = output_dir / f"sub-{label}" / "figures"  # made by the first figure: none, no folder
         self.written: list[Path] = []
 
     def svg(self, name: str, text: str) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{name}.svg"
-        atomic_write_text(path, text)
+        atomic_write_text(path, text, keep_identical=True)  # a rerun with nothing new rewrites no figure
         self.written.append(path)
         return path.relative_to(self.output_dir).as_posix()
 
     def png(self, name: str, draw: Callable[[Path], Path]) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{name}.png"
-        draw(path)
+        with atomic_target(path, keep_identical=True) as tmp:
+            draw(tmp)
         self.written.append(path)
         return path.relative_to(self.output_dir).as_posix()
 
     def remove_stale(self) -> None:
         """Remove figures of an earlier build that this one did not write (data since removed)."""
+        if not self.folder.is_dir():
+            return
         for path in self.folder.iterdir():
             if path.suffix in (".svg", ".png") and path not in self.written:
                 path.unlink()
@@ -791,5 +795,5 @@ def build_participant_report(output_dir: Path, label: str, *, methods: str = "",
     if not out.written:
         shutil.rmtree(out.folder, ignore_errors=True)
     page = output_dir / f"sub-{label}.html"
-    atomic_write_text(page, html_page(f"msynth: sub-{label}", sections))
+    atomic_write_text(page, html_page(f"msynth: sub-{label}", sections), keep_identical=True)
     return page

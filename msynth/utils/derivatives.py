@@ -196,8 +196,10 @@ _NO_HARD_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTS
 
 
 @contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
+def atomic_target(path: Path, *, keep_identical: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; renamed onto ``path`` when the block ends, removed if it fails.
+    With ``keep_identical``, an existing file with the same bytes is left untouched (its time stamp included), so
+    that a rerun rewrites nothing.
 
     Readers see the old file or the new one, never half of one, and a failed write (a full disk) leaves nothing. The
     temporary's name is unique (several processes may write the same file: SLURM array tasks sharing OUTPUT_DIR
@@ -208,7 +210,10 @@ def atomic_target(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        if keep_identical and path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         if error.filename is None:
@@ -219,9 +224,9 @@ def atomic_target(path: Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, *, keep_identical: bool = False) -> None:
     """Write a text file through :func:`atomic_target`."""
-    with atomic_target(path) as tmp:
+    with atomic_target(path, keep_identical=keep_identical) as tmp:
         tmp.write_text(text)
 
 
