@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import html
+import json
 import re
 import shutil
 import subprocess
@@ -22,7 +23,8 @@ from PIL import Image
 from _browser import needs_chromium, screenshot
 from msynth.reports import participant, participant_figures
 from msynth.reports.participant import (
-    COREGISTERED, build_participant_report, log_messages, methods_references, workflow_methods,
+    COREGISTERED, build_participant_report, log_messages, methods_references, newest_participant_log,
+    workflow_methods,
 )
 
 LABEL = "MS01"
@@ -278,3 +280,18 @@ def test_reports_only_rebuilds_from_the_outputs_and_runs_nothing(phantom_partici
     # the group level has its own report, rebuilt by running it again
     assert cli.main([str(cohort.bids_dir), str(copy), "group", "--reports-only", "--skip-bids-validation"]) == 1
     assert "--reports-only rebuilds the participant reports" in capsys.readouterr().err
+
+
+def test_messages_come_from_the_newest_participant_run(tmp_path):
+    """A later group or --reports-only run has its own log, without the participant's messages: it is passed over."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    runs = [("20261207-100000_aaaa", {"analysis_level": "participant"}),
+            ("20261207-110000_bbbb", {"analysis_level": "group"}),
+            ("20261207-120000_cccc", {"analysis_level": "participant", "reports_only": True})]
+    for run, settings in runs:
+        (logs / f"msynth-{run}.log").write_text("")
+        (logs / f"msynth-{run}_config.json").write_text(json.dumps(settings))
+    assert newest_participant_log(tmp_path) == logs / "msynth-20261207-100000_aaaa.log"
+    (logs / "msynth-20261207-130000_dddd.log").write_text("")  # no configuration: taken as a participant run
+    assert newest_participant_log(tmp_path) == logs / "msynth-20261207-130000_dddd.log"

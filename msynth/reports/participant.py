@@ -696,9 +696,14 @@ def log_messages(log_file: Path, label: str) -> list[tuple[str, str]]:
     return list(dict.fromkeys(messages))
 
 
-def _newest_log(output_dir: Path) -> Path | None:
-    logs = sorted((output_dir / "logs").glob("msynth-*.log"))
-    return logs[-1] if logs else None
+def newest_participant_log(output_dir: Path) -> Path | None:
+    """The log of the newest run that ran the participant level: a group or ``--reports-only`` run, whose
+    configuration (``msynth-<run>_config.json`` beside its log) says so, holds none of its messages."""
+    for log in sorted((output_dir / "logs").glob("msynth-*.log"), reverse=True):
+        settings = _sidecar(log.with_name(f"{log.stem}_config.json"))  # the JSON itself, or {}
+        if settings.get("analysis_level", "participant") == "participant" and not settings.get("reports_only"):
+            return log
+    return None
 
 
 def _messages_section(output_dir: Path, label: str, failure: str | None,
@@ -713,7 +718,7 @@ def _messages_section(output_dir: Path, label: str, failure: str | None,
         parts.append("<p>Crash reports (newest run last):</p><ul>" + "".join(
             f'<li class="message">{html.escape(path.relative_to(output_dir).as_posix())}</li>' for path in crashes)
             + "</ul>")
-    log_file = _newest_log(output_dir)
+    log_file = newest_participant_log(output_dir)
     if log_file is None:
         parts.append(_note("No run log in OUTPUT_DIR/logs, so the stages' warnings cannot be listed."))
     else:
