@@ -287,17 +287,13 @@ class _Figures:
 
 
 # --------------------------------------------------------------------------------------------- session sections
-def _load(path: Path) -> nb.Nifti1Image:
-    return nb.load(path)
-
-
 def _brain_mask_block(ses: _Session, out: _Figures) -> str:
     t1w, mask = ses.path("anat", "T1w", desc="preproc"), ses.path("anat", "mask", desc="brain")
     anchor = f"{ses.anchor}-brainmask"
     if not (t1w.exists() and mask.exists()):
         return _block(anchor, "Brain mask", _note(f"{ses.name}: no brain mask or preprocessed T1w in OUTPUT_DIR "
                                                   "(the anatomical stage did not finish; see the messages)."))
-    svg = figures.contours_svg(_load(t1w), [(_load(mask), "r")], bbox=_load(mask), name=f"{ses.prefix}-brainmask")
+    svg = figures.contours_svg(nb.load(t1w), [(nb.load(mask), "r")], bbox=nb.load(mask), name=f"{ses.prefix}-brainmask")
     src = out.svg(f"{ses.prefix}_desc-brainmask", svg)
     return _block(anchor, "Brain mask", _figure(src, "Bias-corrected T1w with the brain mask's outline (red). The "
                                                      "outline should follow the brain's surface, with no skull, eye "
@@ -319,8 +315,8 @@ def _tissues_block(ses: _Session, out: _Figures) -> str:
     parts = []
     present = [layer for layer in tissues if layer[0].exists()]
     if present:
-        svg = figures.contours_svg(_load(t1w), [(_load(path), colour) for path, colour, _ in present],
-                                   bbox=_load(mask), name=f"{ses.prefix}-tissues")
+        svg = figures.contours_svg(nb.load(t1w), [(nb.load(path), colour) for path, colour, _ in present],
+                                   bbox=nb.load(mask), name=f"{ses.prefix}-tissues")
         legend = ", ".join(name for _, _, name in present)
         parts.append(_figure(out.svg(f"{ses.prefix}_desc-tissues", svg), (
             f"Tissue probabilities outlined at 0.5 on the T1w: {legend}. The white-matter outline should follow the "
@@ -333,13 +329,13 @@ def _tissues_block(ses: _Session, out: _Figures) -> str:
         parts.append(_note(f"{ses.name}: no lesion mask (none given and no FLAIR, acquired or synthetic, to detect "
                            "lesions on), so no lesion or NAWM outline."))
         return _block(anchor, heading, "".join(parts))
-    if not np.any(np.asarray(_load(lesion).dataobj)):
+    if not np.any(np.asarray(nb.load(lesion).dataobj)):
         source = _sidecar(lesion).get("LesionMaskSource", "")
         parts.append(_note(f"{ses.name}: the lesion mask{f' ({source})' if source else ''} is empty: no lesion "
                            "outline."))
     present = [layer for layer in masks if layer[0].exists()]
-    svg = figures.contours_svg(_load(t1w), [(_load(path), colour) for path, colour, _ in present],
-                               bbox=_load(mask), name=f"{ses.prefix}-lesions")
+    svg = figures.contours_svg(nb.load(t1w), [(nb.load(path), colour) for path, colour, _ in present],
+                               bbox=nb.load(mask), name=f"{ses.prefix}-lesions")
     source = _sidecar(lesion).get("LesionMaskSource", "")
     legend = ", ".join(name for _, _, name in present)
     parts.append(_figure(out.svg(f"{ses.prefix}_desc-lesions", svg), (
@@ -412,7 +408,7 @@ def _moving_and_after(ses: _Session, key: str, raw_root: Path | None) -> tuple[P
 
     moving = _mean_b0(raw) if key == "DWI" else _mean_pet(raw)
     t1w = ses.path("anat", "T1w", desc="preproc")
-    after = nb.Nifti1Image(resample_onto(moving, t1w, xfm).astype(np.float32), _load(t1w).affine)
+    after = nb.Nifti1Image(resample_onto(moving, t1w, xfm).astype(np.float32), nb.load(t1w).affine)
     return raw, (moving, after), ""
 
 
@@ -436,7 +432,7 @@ def _coregistration_block(ses: _Session, key: str, out: _Figures, raw_root: Path
         return _block(anchor, heading, _note(text))
     if not (t1w.exists() and mask.exists()):
         return _block(anchor, heading, _note(f"{ses.name}: no preprocessed T1w or brain mask to draw on."))
-    reference = _load(t1w)
+    reference = nb.load(t1w)
     if isinstance(after, tuple):
         moving, after_image = after
         before = figures.header_resample(moving, reference)
@@ -444,11 +440,11 @@ def _coregistration_block(ses: _Session, key: str, out: _Figures, raw_root: Path
     elif raw is None:
         return _block(anchor, heading, _note(f"{ses.name}: no {key} flicker: {reason}.") + _figure(
             out.svg(f"{ses.prefix}_desc-coreg{key}", figures.contours_svg(
-                _load(after), [(_load(contour), "r")], bbox=_load(mask), name=f"{ses.prefix}-coreg{key}")),
+                nb.load(after), [(nb.load(contour), "r")], bbox=nb.load(mask), name=f"{ses.prefix}-coreg{key}")),
             f"{key} on the T1w grid after registration, with the T1w's white-matter outline (red)."))
     else:
-        before, after_image, what = figures.header_resample(nb.load(raw), reference), _load(after), f"the {key}"
-    svg = figures.flicker_svg(before, after_image, contour=_load(contour), bbox=_load(mask),
+        before, after_image, what = figures.header_resample(nb.load(raw), reference), nb.load(after), f"the {key}"
+    svg = figures.flicker_svg(before, after_image, contour=nb.load(contour), bbox=nb.load(mask),
                               name=f"{ses.prefix}-coreg{key}", labels=(f"{key} before", f"{key} after"))
     src = out.svg(f"{ses.prefix}_desc-coreg{key}", svg)
     outline = "white-matter" if contour == wm else "brain-mask"
@@ -473,7 +469,7 @@ def _comparison_block(ses: _Session, target: str, out: _Figures) -> str:
     if acquired.exists() and synthetic.exists():
         model = _sidecar(synthetic).get("Model", {}).get("Name", "the model")
         src = out.png(f"{ses.prefix}_desc-synth{target}", lambda path: figures.comparison_png(
-            _load(acquired), _load(synthetic), path, mask=_load(mask), name=target, standardise=target == "FLAIR"))
+            nb.load(acquired), nb.load(synthetic), path, mask=nb.load(mask), name=target, standardise=target == "FLAIR"))
         units = ("both z-scored in the brain, as the metrics compare them, since FLAIR intensities have no unit"
                  if target == "FLAIR" else "in DVR units, on one scale")
         return _block(anchor, heading, _figure(src, (
@@ -483,7 +479,7 @@ def _comparison_block(ses: _Session, target: str, out: _Figures) -> str:
     if synthetic.exists():
         model = _sidecar(synthetic).get("Model", {}).get("Name", "the model")
         src = out.png(f"{ses.prefix}_desc-synth{target}", lambda path: figures.mosaic_png(
-            _load(synthetic), path, mask=_load(mask), title=f"{ses.name}: synthetic {target} ({model})",
+            nb.load(synthetic), path, mask=nb.load(mask), title=f"{ses.name}: synthetic {target} ({model})",
             cmap="gray" if target == "FLAIR" else "magma", colorbar_label=target))
         return _block(anchor, heading, _note(f"{ses.name}: no acquired {source}, so the synthetic {target} is shown "
                                              "alone (no difference image).") + _figure(src, (
@@ -502,7 +498,7 @@ def _maps_block(ses: _Session, out: _Figures) -> str:
     fa = ses.path("dwi", "dwimap", model="DTI", param="FA")
     if fa.exists() and mask.exists():
         src = out.png(f"{ses.prefix}_desc-FA", lambda path: figures.mosaic_png(
-            _load(fa), path, mask=_load(mask), title=f"{ses.name}: FA", cmap="viridis", limits=(0.0, 1.0),
+            nb.load(fa), path, mask=nb.load(mask), title=f"{ses.name}: FA", cmap="viridis", limits=(0.0, 1.0),
             colorbar_label="FA"))
         parts.append(_figure(src, "Fractional anisotropy on the T1w grid (0-1). White-matter tracts should be bright "
                                   "and follow the anatomy; a misregistered DWI shows bright bands off the tracts."))
@@ -512,14 +508,14 @@ def _maps_block(ses: _Session, out: _Figures) -> str:
             (ses.path("pet", "mimap", trc="PIB", desc="synth", meas="DVR"), "synthetic DVR")]
     present = [(path, name) for path, name in dvrs if path.exists()]
     if present and mask.exists():
-        brain = np.asarray(nb.as_closest_canonical(_load(mask)).dataobj) > 0
-        values = np.concatenate([np.asarray(nb.as_closest_canonical(_load(path)).dataobj)[brain]
+        brain = np.asarray(nb.as_closest_canonical(nb.load(mask)).dataobj) > 0
+        values = np.concatenate([np.asarray(nb.as_closest_canonical(nb.load(path)).dataobj)[brain]
                                  for path, _ in present])
         limits = (float(np.percentile(values, 2)), float(np.percentile(values, 98)))
         for path, name in present:
             tag = "DVRsynth" if "synth" in name else "DVR"
             src = out.png(f"{ses.prefix}_desc-{tag}", lambda png, path=path, name=name: figures.mosaic_png(
-                _load(path), png, mask=_load(mask), title=f"{ses.name}: {name}", cmap="magma", limits=limits,
+                nb.load(path), png, mask=nb.load(mask), title=f"{ses.name}: {name}", cmap="magma", limits=limits,
                 colorbar_label="DVR"))
             parts.append(_figure(src, f"[11C]PIB {name} on the T1w grid (both DVR maps on one scale). Myelin binds "
                                       "PIB: white matter high, grey matter and CSF low, demyelinated lesions low."))
@@ -545,7 +541,7 @@ def _saliency_block(ses: _Session, out: _Figures) -> str:
         tag = desc.group(1) if desc else path.name.split(".")[0]
         target = "DVR" if "/pet/" in path.as_posix() else "FLAIR"
         src = out.png(f"{ses.prefix}_desc-saliency{target}{tag}", lambda png, path=path, tag=tag: figures.overlay_png(
-            _load(t1w), _load(path), png, mask=_load(mask), title=f"{ses.name}: {target} {tag}"))
+            nb.load(t1w), nb.load(path), png, mask=nb.load(mask), title=f"{ses.name}: {target} {tag}"))
         description = _sidecar(path).get("Description", "")
         parts.append(_figure(src, f"{target} model, {tag}: {description} Shown above its median in the brain."))
     return _block(anchor, "Saliency maps", "".join(parts))
