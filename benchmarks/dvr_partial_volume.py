@@ -13,10 +13,12 @@ partial-volume correction (PVC) brings the Dice back. Every variant is one DVR m
   of the truth's cerebellar-GM reference moved to the PET grid, :func:`~msynth.preprocessing.pet.logan_dvr_image`
   inside the true PET-grid brain mask) of the acquired PET and of its noise-free twin, resampled onto the T1w grid
   (linear) with the phantom's TRUE PET -> T1w transform;
-- PVC of the acquired Logan map on the T1w grid (:func:`rbv_hard`, :func:`rbv_fractional`, :func:`rbv_van_cittert`),
-  Gaussian kernel of the **effective** FWHM a pipeline can compute from what it knows: the PET PSF, the PET voxel
-  (box, d^2/12), the linear resampling onto the T1w grid (mean kernel variance d^2/6), less the T1w voxel that the
-  truth already holds (:func:`effective_fwhm`);
+- PVC of the acquired Logan map on the T1w grid (:func:`rbv_hard`, :func:`rbv_fractional`, and the participant
+  level's :func:`msynth.preprocessing.pvc.gtm_van_cittert` with 1-10 Van Cittert iterations), Gaussian kernel of
+  the **effective** FWHM a pipeline can compute from what it knows: the PET PSF, the PET voxel (box, d^2/12), the
+  linear resampling onto the T1w grid (mean kernel variance d^2/6), less the T1w voxel that the truth already holds
+  (:func:`msynth.preprocessing.pvc.effective_fwhm`); ``eff`` from each session's true PSF, ``nominal`` from one PSF
+  for every session (the midpoint of the phantom's range), as a user who knows the scanner's resolution would;
 - sensitivity (``--sensitivity``): the kernel 15 % narrower or wider, the PSF alone, a 1 mm registration error.
 
 Classification with the group level's functions (:func:`~msynth.analysis.myelin.distance_rings` of
@@ -86,6 +88,14 @@ from msynth.phantom import pet as phantom_pet
 from msynth.phantom import session as phantom_session
 from msynth.phantom.cohort import generate_cohort
 from msynth.preprocessing.pet import logan_dvr_image, reference_region_mask
+from msynth.preprocessing.pvc import (
+    blur,
+    effective_fwhm,
+    fractional_gtm,
+    gtm_van_cittert,
+    sigma_voxels,
+    tissue_fractions,
+)
 from msynth.preprocessing.registration import apply_transform, invert
 from msynth.segmentation.regions import distance_to_csf
 
@@ -93,8 +103,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("cohort", "dvr", "measure", "report")
 KINDS = ("noisy", "clean")
 SESSIONS_TSV = "dvr_partial_volume_sessions.tsv"
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
-TRUNCATE = 3.0  # Gaussian kernel truncated at 3 sigma
 DEEP_RING = 12  # the capped ring (>= 12 mm from CSF): the controls' deep-WM statistics
 
 
@@ -107,14 +115,18 @@ class CohortSpec:
     n_patients: int
     seed: int
     pet_only: bool  # skip the MR, MTR and DWI series (not read here)
-    vc_iterations: tuple[int, ...]  # Van Cittert iterations of rbv_van_cittert on the acquired PET
+    vc_iterations: tuple[int, ...]  # Van Cittert iterations of gtm_van_cittert on the acquired PET
     sensitivity: bool  # kernel +-15 %, PSF-only kernel, 1 mm registration error
 
 
+#: The phantom draws each session's PSF FWHM from U(2.5, 4.0) mm; a user knows one nominal value: the midpoint.
+NOMINAL_PSF_FWHM_MM = 3.25
+ITERATIONS = (1, 2, 3, 5, 10)
+
 COHORTS = {
-    "2mm": CohortSpec(voxel_size=2.0, n_controls=4, n_patients=6, seed=11, pet_only=False, vc_iterations=(10,),
+    "2mm": CohortSpec(voxel_size=2.0, n_controls=4, n_patients=6, seed=11, pet_only=False, vc_iterations=ITERATIONS,
                       sensitivity=True),
-    "1mm": CohortSpec(voxel_size=1.0, n_controls=3, n_patients=2, seed=11, pet_only=True, vc_iterations=(10, 2),
+    "1mm": CohortSpec(voxel_size=1.0, n_controls=3, n_patients=2, seed=11, pet_only=True, vc_iterations=ITERATIONS,
                       sensitivity=False),
 }
 
@@ -126,15 +138,17 @@ LABELS = {
     "logan(noisy)": "Logan, acquired PET, true transform",
     "rbv_eff(noisy)": "RBV hard regions, eff",
     "rbvfrac_eff(noisy)": "RBV fractional, eff",
-    "rbvfrac+vc10_eff(clean)": "RBV fractional + VC10, eff, noise-free PET",
-    "rbvfrac+vc10_eff(noisy)": "RBV fractional + VC10, eff",
-    "rbvfrac+vc2_eff(noisy)": "RBV fractional + VC2, eff",
-    "rbvfrac+vc10_eff*0.85(noisy)": "RBV fractional + VC10, kernel eff × 0.85",
-    "rbvfrac+vc10_eff*1.15(noisy)": "RBV fractional + VC10, kernel eff × 1.15",
-    "rbvfrac+vc10_psf(noisy)": "RBV fractional + VC10, kernel = PSF only",
+    "rbvfrac+vc10_eff(clean)": "fractional GTM + VC10, eff, noise-free PET",
+    "rbvfrac+vc10_eff*0.85(noisy)": "fractional GTM + VC10, kernel eff × 0.85",
+    "rbvfrac+vc10_eff*1.15(noisy)": "fractional GTM + VC10, kernel eff × 1.15",
+    "rbvfrac+vc10_psf(noisy)": "fractional GTM + VC10, kernel = PSF only",
     "logan_shift1mm(noisy)": "Logan shifted 1 mm (registration error), no PVC",
-    "rbvfrac+vc10_eff_shift1mm(noisy)": "RBV fractional + VC10, eff, on the 1 mm-shifted map",
+    "rbvfrac+vc10_eff_shift1mm(noisy)": "fractional GTM + VC10, eff, on the 1 mm-shifted map",
 }
+for _n in ITERATIONS:
+    LABELS[f"rbvfrac+vc{_n}_eff(noisy)"] = f"fractional GTM + VC{_n}, eff"
+    LABELS[f"rbvfrac+vc{_n}_nominal(noisy)"] = (f"fractional GTM + VC{_n}, eff from the nominal PSF "
+                                               f"{NOMINAL_PSF_FWHM_MM} mm (the participant level's --pet-psf-fwhm)")
 
 
 # --- cohort ---------------------------------------------------------------------------------------------------
@@ -224,30 +238,6 @@ def stage_dvr(folder: Path) -> None:
 # --- partial-volume correction (pure functions) ---------------------------------------------------------------
 
 
-def effective_fwhm(psf_fwhm_mm: float, pet_zooms: np.ndarray, t1w_zooms: np.ndarray) -> float:
-    """FWHM (mm) of the Gaussian taking the T1w-grid truth to the T1w-grid DVR of the PET.
-
-    Variances per axis: the PSF, the PET voxel (box: d^2/12), the linear interpolation onto the T1w grid (mean
-    kernel variance over sub-voxel positions: d^2/6), less the T1w voxel (d^2/12, already in the truth); the mean
-    over the axes gives one isotropic FWHM.
-
-    >>> round(effective_fwhm(2.5, np.array([2.44] * 3), np.array([2.0] * 3)), 2)
-    3.56
-    """
-    variance = (psf_fwhm_mm / FWHM_PER_SIGMA) ** 2 + np.asarray(pet_zooms) ** 2 / 4 - np.asarray(t1w_zooms) ** 2 / 12
-    return float(FWHM_PER_SIGMA * np.sqrt(variance.mean()))
-
-
-def sigma_voxels(fwhm_mm: float, zooms: np.ndarray) -> tuple[float, ...]:
-    """Gaussian sigma in voxels of each axis for a FWHM in mm."""
-    return tuple(float(s) for s in fwhm_mm / FWHM_PER_SIGMA / np.asarray(zooms))
-
-
-def blur(image: np.ndarray, sigma_vox: tuple[float, ...]) -> np.ndarray:
-    """Gaussian blur (zero outside the field of view), the forward model of every correction here."""
-    return ndimage.gaussian_filter(image, sigma_vox, mode="constant", truncate=TRUNCATE)
-
-
 def _region_ratio(synthetic: np.ndarray, blurred_synthetic: np.ndarray) -> np.ndarray:
     """``synthetic / blurred_synthetic`` where the denominator is not ~0, else 1."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -270,20 +260,6 @@ def rbv_hard(image: np.ndarray, labels: np.ndarray, sigma_vox: tuple[float, ...]
     return (image * _region_ratio(synthetic, blurred_synthetic)).astype(np.float32)
 
 
-def fractional_gtm(image: np.ndarray, fractions: np.ndarray,
-                   blurred_fractions: np.ndarray) -> np.ndarray:
-    """GTM region values with fractional regions: means and spill-over weighted by each region's fractions.
-
-    ``fractions`` ``(n_regions, *shape)`` (no empty region), ``blurred_fractions`` their blur. As PETPVC's 4-D
-    (probabilistic) masks.
-    """
-    n = fractions.shape[0]
-    weights = fractions.reshape(n, -1)
-    sums = weights.sum(axis=1)
-    omega = (weights @ blurred_fractions.reshape(n, -1).T) / sums[:, None]
-    return np.linalg.solve(omega, (weights @ image.reshape(-1)) / sums)
-
-
 def rbv_fractional(image: np.ndarray, fractions: np.ndarray, blurred_fractions: np.ndarray) -> np.ndarray:
     """RBV (Thomas et al. 2011) with fractional regions: ``image * S / (G S)``, ``S = sum_j t_j p_j``.
 
@@ -293,23 +269,6 @@ def rbv_fractional(image: np.ndarray, fractions: np.ndarray, blurred_fractions: 
     synthetic = np.tensordot(t, fractions, axes=1)
     blurred_synthetic = np.tensordot(t, blurred_fractions, axes=1)
     return (image * _region_ratio(synthetic, blurred_synthetic)).astype(np.float32)
-
-
-def rbv_van_cittert(image: np.ndarray, fractions: np.ndarray, blurred_fractions: np.ndarray,
-                    sigma_vox: tuple[float, ...], n_iter: int) -> np.ndarray:
-    """Fractional GTM image ``S`` plus the Van Cittert deconvolution of the residual ``g - G S``.
-
-    ``S`` holds the regions' values; the residual holds what one value per region cannot (the demyelinated part
-    of a lesion), still blurred. Van Cittert (1931): ``r <- r + (res - G r)``, ``n_iter`` times from ``r = res``;
-    without a stopping rule or damping it amplifies noise with every iteration.
-    """
-    t = fractional_gtm(image, fractions, blurred_fractions)
-    synthetic = np.tensordot(t, fractions, axes=1).astype(np.float32)
-    residual = image - np.tensordot(t, blurred_fractions, axes=1).astype(np.float32)
-    restored = residual.copy()
-    for _ in range(n_iter):
-        restored += residual - blur(restored, sigma_vox)
-    return (synthetic + restored).astype(np.float32)
 
 
 def shift_one_mm(image: np.ndarray, zooms: np.ndarray) -> np.ndarray:
@@ -345,16 +304,13 @@ class Session:
         self.logan = {kind: _load(folder / "derived" / kind / f"{prefix}_dvr_T1w.nii.gz") for kind in KINDS}
         raw_pet = folder / "noisy" / sub / ses / "pet" / f"{prefix}_trc-PIB_pet.nii.gz"
         self.psf_fwhm_mm = psf_fwhm_mm
-        self.effective_fwhm_mm = effective_fwhm(psf_fwhm_mm, np.asarray(nib.load(raw_pet).header.get_zooms()[:3]),
-                                                self.zooms)
+        pet_zooms = np.asarray(nib.load(raw_pet).header.get_zooms()[:3])
+        self.effective_fwhm_mm = effective_fwhm(psf_fwhm_mm, pet_zooms, self.zooms)
+        self.nominal_fwhm_mm = effective_fwhm(NOMINAL_PSF_FWHM_MM, pet_zooms, self.zooms)
         # hard regions: 0 outside the brain, 1 lesion, then GM, WM, CSF by the largest probability
         tissue = np.argmax(np.stack([gm, wm, csf]), axis=0) + 2
         self.labels = np.where(self.brain, np.where(self.lesion, 1, tissue), 0).astype(np.int8)
-        # fractional regions: the rest (outside the brain, and what the three maps leave), lesion (WM share inside
-        # the lesion mask), GM, NAWM (WM share elsewhere), CSF
-        fractions = np.stack([np.clip(1 - gm - wm - csf, 0, 1) * self.brain + ~self.brain, wm * self.lesion,
-                              gm * self.brain, wm * ~self.lesion * self.brain, csf * self.brain]).astype(np.float32)
-        self.fractions = fractions[fractions.reshape(len(fractions), -1).sum(axis=1) > 0]
+        self.fractions = tissue_fractions(gm, wm, csf, self.brain, self.lesion)  # the participant level's regions
 
     def sigma(self, fwhm_mm: float) -> tuple[float, ...]:
         """Sigma in voxels of this T1w grid."""
@@ -369,17 +325,21 @@ class Session:
                 "rbv_eff(noisy)": rbv_hard(noisy, self.labels, self.sigma(eff))}
         blurred = {eff: self._blurred_fractions(eff)}
         maps["rbvfrac_eff(noisy)"] = rbv_fractional(noisy, self.fractions, blurred[eff])
-        maps["rbvfrac+vc10_eff(clean)"] = rbv_van_cittert(clean, self.fractions, blurred[eff], self.sigma(eff), 10)
+        maps["rbvfrac+vc10_eff(clean)"] = gtm_van_cittert(clean, self.fractions, blurred[eff], self.sigma(eff), 10)
         for n in spec.vc_iterations:
-            maps[f"rbvfrac+vc{n}_eff(noisy)"] = rbv_van_cittert(noisy, self.fractions, blurred[eff],
+            maps[f"rbvfrac+vc{n}_eff(noisy)"] = gtm_van_cittert(noisy, self.fractions, blurred[eff],
                                                                self.sigma(eff), n)
+            nominal = self.nominal_fwhm_mm
+            maps[f"rbvfrac+vc{n}_nominal(noisy)"] = gtm_van_cittert(
+                noisy, self.fractions, blurred.setdefault(nominal, self._blurred_fractions(nominal)),
+                self.sigma(nominal), n)
         if spec.sensitivity:
             for name, fwhm in (("eff*0.85", 0.85 * eff), ("eff*1.15", 1.15 * eff), ("psf", self.psf_fwhm_mm)):
-                maps[f"rbvfrac+vc10_{name}(noisy)"] = rbv_van_cittert(
+                maps[f"rbvfrac+vc10_{name}(noisy)"] = gtm_van_cittert(
                     noisy, self.fractions, self._blurred_fractions(fwhm), self.sigma(fwhm), 10)
             shifted = shift_one_mm(noisy, self.zooms)
             maps["logan_shift1mm(noisy)"] = shifted
-            maps["rbvfrac+vc10_eff_shift1mm(noisy)"] = rbv_van_cittert(shifted, self.fractions, blurred[eff],
+            maps["rbvfrac+vc10_eff_shift1mm(noisy)"] = gtm_van_cittert(shifted, self.fractions, blurred[eff],
                                                                        self.sigma(eff), 10)
         return maps
 

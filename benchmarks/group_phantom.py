@@ -3,7 +3,10 @@
 Usage (the participant level takes about an hour of both cores at 2 mm)::
 
     OMP_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \\
-        .venv/bin/python benchmarks/group_phantom.py --scratch /tmp/group2 [--stage STAGE ...]
+        .venv/bin/python benchmarks/group_phantom.py --scratch /tmp/group2 [--cohort small] [--stage STAGE ...]
+
+``--cohort small`` (4 controls, 6 patients, seed 11: the 2 mm cohort of ``benchmarks/dvr_partial_volume.py``) takes
+about a third of the time; its results go to ``group_phantom_small.md``.
 
 Stages (default: all, in this order; a stage whose output exists is not redone):
 
@@ -12,7 +15,9 @@ Stages (default: all, in this order; a stage whose output exists is not redone):
 ``participant``
     ``msynth … participant`` in two processes (half the participants each, one core each), with the phantom's
     expert-like lesion masks (``--lesion-masks``) and without T2w, PDw, T1SE and DIR (``--bids-filter-file``: the
-    group level does not use them; FLAIR stays, the lesion masks are drawn on it).
+    group level does not use them; FLAIR stays, the lesion masks are drawn on it), and with the partial-volume
+    correction of the DVR for a nominal PSF of 3.25 mm (``--pet-psf-fwhm``; the phantom draws each session's PSF
+    from 2.5-4 mm and writes it nowhere, as a scanner's exact resolution is rarely known).
 ``group``
     ``msynth … group`` on those outputs, and on the truth laid out as participant-level outputs
     (:func:`msynth.phantom.truth_derivatives.write_truth_derivatives`).
@@ -22,8 +27,9 @@ Stages (default: all, in this order; a stage whose output exists is not redone):
 
 Three comparisons, each per patient then summarised by the median over patients:
 
-* **acquired vs truth**: indices from the Logan DVR of the acquired PET (the group level on the participant level's
-  outputs) against the truth table (noise-free DVR classified on the phantom's native grid);
+* **acquired vs truth** (and **acquired-pvc vs truth**): indices from the Logan DVR of the acquired PET (and from
+  its partial-volume-corrected version), the group level on the participant level's outputs, against the truth
+  table (noise-free DVR classified on the phantom's native grid);
 * **truth maps vs truth table**: indices from the noise-free DVR on each session's T1w grid (the group level on the
   truth maps) against the truth table. This isolates what computing on each subject's own T1w grid, instead of the
   native grid, does to the indices (the thesis registers to MNI instead: another resampling of the same kind);
@@ -52,7 +58,10 @@ from lesions import markdown_table  # benchmarks/lesions.py
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results"
-COHORT = {"n_controls": 10, "n_patients": 18, "voxel_size": 2.0, "seed": 2027}
+COHORTS = {"full": {"n_controls": 10, "n_patients": 18, "voxel_size": 2.0, "seed": 2027},
+           "small": {"n_controls": 4, "n_patients": 6, "voxel_size": 2.0, "seed": 11}}
+#: The PET resolution given to the participant level: the midpoint of the phantom's PSF range (2.5-4 mm FWHM).
+NOMINAL_PSF_FWHM_MM = 3.25
 SKIPPED_KEYS = {key: {"acquisition": "excluded"} for key in ("T2w", "PDw", "T1SE", "DIR")}
 TRUTH_COLUMNS = {"pct_demyelinated_t0": "pct_demyelinated_ses01", "pct_demyelinated_t1": "pct_demyelinated_ses02",
                  "global_index": "global_change", "dynamic_demyelination": "dynamic_demyelination",
@@ -81,15 +90,15 @@ def _run_all(commands: list[list[str]], logs: list[Path]) -> dict[str, float]:
     return {"wall_s": wall, "peak_rss_gb": peak_gb}
 
 
-def stage_phantom(scratch: Path) -> dict[str, float]:
+def stage_phantom(scratch: Path, cohort: str) -> dict[str, float]:
     from msynth.phantom.cohort import generate_cohort
 
     start = time.perf_counter()
-    generate_cohort(scratch / "bids", **COHORT, overwrite=True, n_procs=2)
+    generate_cohort(scratch / "bids", **COHORTS[cohort], overwrite=True, n_procs=2)
     return {"wall_s": time.perf_counter() - start}
 
 
-def stage_participant(scratch: Path) -> dict[str, float]:
+def stage_participant(scratch: Path, cohort: str) -> dict[str, float]:
     bids, out = scratch / "bids", scratch / "derivatives"
     filters = scratch / "filter.json"
     filters.write_text(json.dumps(SKIPPED_KEYS))
@@ -98,12 +107,13 @@ def stage_participant(scratch: Path) -> dict[str, float]:
               controls[len(controls) // 2:] + patients[len(patients) // 2:]]
     commands = [[str(BIN / "msynth"), str(bids), str(out), "participant", "--participant-label", *half,
                  "-w", str(scratch / f"work_{i}"), "--nprocs", "1", "--omp-nthreads", "1",
-                 "--lesion-masks", str(bids / "derivatives" / "lesions"), "--bids-filter-file", str(filters)]
+                 "--lesion-masks", str(bids / "derivatives" / "lesions"), "--bids-filter-file", str(filters),
+                 "--pet-psf-fwhm", str(NOMINAL_PSF_FWHM_MM)]
                 for i, half in enumerate(halves)]
     return _run_all(commands, [scratch / f"participant_{i}.log" for i in range(2)])
 
 
-def stage_group(scratch: Path) -> dict[str, float]:
+def stage_group(scratch: Path, cohort: str) -> dict[str, float]:
     from msynth.phantom.truth_derivatives import write_truth_derivatives
 
     bids = scratch / "bids"
@@ -124,13 +134,14 @@ def _indices(out: Path, source: str = "acquired") -> pd.DataFrame:
     return table[table["source"] == source].set_index("participant_id")
 
 
-def _mask_dice(out: Path, truth_dir: Path) -> pd.DataFrame:
+def _mask_dice(out: Path, truth_dir: Path, desc: str = "demyelinated") -> pd.DataFrame:
     from msynth.analysis.metrics import dice
 
     rows = []
-    for mask in sorted(out.glob("sub-MS*/ses-*/pet/*_trc-PIB_space-T1w_desc-demyelinated_mask.nii.gz")):
+    for mask in sorted(out.glob(f"sub-MS*/ses-*/pet/*_trc-PIB_space-T1w_desc-{desc}_mask.nii.gz")):
         session_dir = mask.parent.parent.relative_to(out)
-        truth = truth_dir / session_dir / "anat" / mask.name.replace("_trc-PIB_space-T1w_desc-", "_space-T1w_desc-")
+        truth = truth_dir / session_dir / "anat" / mask.name.replace(f"_trc-PIB_space-T1w_desc-{desc}_",
+                                                                     "_space-T1w_desc-demyelinated_")
         rows.append({"participant_id": session_dir.parts[0], "session": session_dir.parts[1],
                      "dice": dice(np.asanyarray(nib.load(mask).dataobj) > 0,
                                   np.asanyarray(nib.load(truth).dataobj) > 0)})
@@ -196,7 +207,7 @@ def wm_threshold_sensitivity(out: Path, truth_dir: Path, thresholds: tuple[float
     return pd.DataFrame(rows)
 
 
-def stage_compare(scratch: Path, timings: dict[str, dict[str, float]]) -> None:
+def stage_compare(scratch: Path, timings: dict[str, dict[str, float]], cohort: str) -> None:
     from msynth.analysis import statistics
 
     truth_dir = scratch / "bids-truth"
@@ -206,18 +217,24 @@ def stage_compare(scratch: Path, timings: dict[str, dict[str, float]]) -> None:
     truth_data = patients.assign(sex_female=(patients["sex"] == "F").astype(float),
                                  t2_lesion_load_mm3=patients["t2_lesion_load"]).reset_index()
     rows = []
-    for name, out in (("acquired", scratch / "derivatives"), ("truth_maps", scratch / "truth-maps")):
-        indices = _indices(out)
+    runs = (("acquired", "acquired", "demyelinated", scratch / "derivatives"),
+            ("acquired-pvc", "acquired-pvc", "pvcdemyelinated", scratch / "derivatives"),
+            ("truth_maps", "acquired", "demyelinated", scratch / "truth-maps"))
+    for name, source, desc, out in runs:
+        indices = _indices(out, source)
+        if indices.empty:
+            print(f"{name}: no {source} source in {out}/group; skipped", flush=True)
+            continue
         for index, column in TRUTH_COLUMNS.items():
             error = (indices[index] - patients.loc[indices.index, column]).abs()
             rows.append({"comparison": f"{name} vs truth table", "quantity": index, "n": int(error.notna().sum()),
                          "median_abs_error": error.median(), "max_abs_error": error.max()})
-        dices = _mask_dice(out, truth_dir)
+        dices = _mask_dice(out, truth_dir, desc)
         rows.append({"comparison": f"{name} vs truth masks", "quantity": "demyelinated Dice",
                      "n": len(dices), "median_abs_error": np.nan, "max_abs_error": np.nan,
                      "median": dices["dice"].median(), "min": dices["dice"].min()})
         regression = pd.read_csv(out / "group" / "edss_regression.tsv", sep="\t", na_values=["n/a"])
-        beta = regression.set_index(["source", "index"]).loc[("acquired", "dynamic_remyelination"), "beta_std"]
+        beta = regression.set_index(["source", "index"]).loc[(source, "dynamic_remyelination"), "beta_std"]
         rows.append({"comparison": f"{name} EDSS beta", "quantity": "dynamic_remyelination beta_std",
                      "n": len(indices), "median": beta, "planted": planted})
     on_truth = statistics.edss_regression(truth_data, "dynamic_remyelination")["beta_std"]
@@ -233,12 +250,15 @@ def stage_compare(scratch: Path, timings: dict[str, dict[str, float]]) -> None:
         wm_threshold_sensitivity(scratch / "truth-maps", truth_dir, (0.5,), blur_fwhm_mm=4.0).assign(
             maps="truth_maps blurred")])
     RESULTS.mkdir(exist_ok=True)
-    table.to_csv(RESULTS / "group_phantom.tsv", sep="\t", index=False, na_rep="n/a")
+    stem = "group_phantom" if cohort == "full" else f"group_phantom_{cohort}"
+    table.to_csv(RESULTS / f"{stem}.tsv", sep="\t", index=False, na_rep="n/a")
     command = "OMP_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 .venv/bin/python benchmarks/group_phantom.py " \
-              f"--scratch {scratch}"
+              f"--scratch {scratch}" + ("" if cohort == "full" else f" --cohort {cohort}")
+    spec = ", ".join(f"{k}={v}" for k, v in COHORTS[cohort].items())
     lines = [
-        "# Group level on the 2 mm phantom cohort (`benchmarks/group_phantom.py`)", "",
-        f"Command: `{command}`; cohort `generate_cohort({', '.join(f'{k}={v}' for k, v in COHORT.items())})`. "
+        f"# Group level on the 2 mm phantom cohort (`benchmarks/group_phantom.py`, {cohort})", "",
+        f"Command: `{command}`; cohort `generate_cohort({spec})`; participant level with "
+        f"`--pet-psf-fwhm {NOMINAL_PSF_FWHM_MM}`. "
         f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, no GPU.", "",
         markdown_table(table), "",
         "Sensitivity of the baseline classification to the controls' white-matter definition (the group level uses "
@@ -252,7 +272,7 @@ def stage_compare(scratch: Path, timings: dict[str, dict[str, float]]) -> None:
         *[f"- {stage}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float | int) else f"{k}: {v}"
                                     for k, v in values.items()) for stage, values in timings.items()],
     ]
-    (RESULTS / "group_phantom.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -260,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scratch", type=Path, required=True, help="working folder (cohort, outputs, logs)")
     parser.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
+    parser.add_argument("--cohort", choices=sorted(COHORTS), default="full", help="cohort size (default: full)")
     args = parser.parse_args(argv)
     scratch = args.scratch.resolve()
     scratch.mkdir(parents=True, exist_ok=True)
@@ -268,9 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"phantom": stage_phantom, "participant": stage_participant, "group": stage_group}
     for stage in args.stage:
         if stage == "compare":
-            stage_compare(scratch, timings)
+            stage_compare(scratch, timings, args.cohort)
             continue
-        timings[stage] = runners[stage](scratch)
+        timings[stage] = runners[stage](scratch, args.cohort)
         timings_file.write_text(json.dumps(timings, indent=2))
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msynth
 from msynth.models.selection import resolve_model
+from msynth.preprocessing.pvc import PVC_ITERATIONS
 from msynth.utils.bids import DEFAULT_QUERIES, load_filter_file
 from msynth.utils.derivatives import atomic_write_text
 from msynth.utils.errors import UsageError
@@ -44,6 +45,8 @@ class RunConfig:
     saliency: bool = False
     mem_gb: float | None = None
     continue_on_qc_failure: bool = False
+    pet_psf_fwhm_mm: float | None = None
+    pet_pvc_iterations: int = PVC_ITERATIONS
     reports_only: bool = False
     queries: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_QUERIES))
     run_id: str = ""
@@ -228,6 +231,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         saliency=args.saliency,
         mem_gb=args.mem_gb,
         continue_on_qc_failure=args.continue_on_qc_failure,
+        pet_psf_fwhm_mm=args.pet_psf_fwhm,
+        pet_pvc_iterations=args.pet_pvc_iterations,
         reports_only=args.reports_only,
         queries=queries,
         run_id=new_run_id(),

@@ -234,6 +234,8 @@ def _participant_workflow(config: RunConfig, sessions: list[SessionData], output
         models=config.models,
         saliency=config.saliency,
         continue_on_qc_failure=config.continue_on_qc_failure,
+        pet_psf_fwhm_mm=config.pet_psf_fwhm_mm,
+        pet_pvc_iterations=config.pet_pvc_iterations,
         name=f"sub_{label}_wf",
     )
 

@@ -47,7 +47,8 @@ DICTIONARIES: dict[str, dict[str, dict[str, str]]] = {
     },
     "myelin_indices": {
         "participant_id": {"Description": "Patient"},
-        "source": {"Description": "DVR source: 'acquired' (Logan DVR of the acquired PET) or a synthesis model"},
+        "source": {"Description": "DVR source: 'acquired' (Logan DVR of the acquired PET), 'acquired-pvc' (the same, "
+                                      "corrected for partial volume) or a synthesis model"},
         "lesion_voxels_t0": {"Description": "Lesion voxels at baseline (T1w grid)"},
         "pct_demyelinated_t0": {"Description": "Demyelinated lesion voxels at baseline", "Units": _PERCENT},
         "pct_demyelinated_t1": {"Description": "Demyelinated baseline-lesion voxels at follow-up", "Units": _PERCENT},
@@ -113,7 +114,7 @@ def _paired_points(measures: pd.DataFrame, quantities: list[str]) -> pd.DataFram
     """acquired vs each synthetic source, per participant (``session_id``: per session) and quantity."""
     rows = measures[measures["quantity"].isin(quantities)]
     acquired = rows[rows["source"] == myelin.ACQUIRED]
-    synthetic = rows[~rows["source"].isin([myelin.ACQUIRED, ""])]
+    synthetic = rows[~rows["source"].isin([*myelin.ACQUIRED_SOURCES, ""])]
     keys = ["participant_id", "session", "quantity"]
     points = synthetic.merge(acquired[[*keys, "value"]], on=keys, suffixes=("", "_acquired"))
     points = points.rename(columns={"value": "synthetic", "value_acquired": "acquired"})
@@ -161,7 +162,7 @@ def group_tables(measures: pd.DataFrame, cohort: pd.DataFrame,
     cohort = cohort[list(DICTIONARIES["cohort"])]
     indices = myelin.index_table(_pivot(measures, myelin.INDEX_COLUMNS).to_dict("records"))
     agreement = _pivot(measures, DICE_COLUMNS)
-    agreement = agreement[agreement["source"] != myelin.ACQUIRED].reset_index(drop=True)
+    agreement = agreement[~agreement["source"].isin(myelin.ACQUIRED_SOURCES)].reset_index(drop=True)
     roi = sorted(q for q in measures["quantity"].unique() if q.startswith("dvr_"))
     points = _paired_points(measures, roi + list(myelin.INDEX_COLUMNS[1:]))
     clinical = cohort.assign(edss=cohort["edss_t0"], sex_female=sex_female(cohort["sex"]))

@@ -31,6 +31,10 @@ from msynth.analysis.metrics import dice
 
 #: Source name of the DVR computed from the acquired PET (the synthetic sources are named by their model).
 ACQUIRED = "acquired"
+#: Source name of the acquired PET's DVR corrected for partial volume (participant level with --pet-psf-fwhm).
+ACQUIRED_PVC = "acquired-pvc"
+#: The sources measured on the acquired PET; every other source is a synthesis model, compared with ``acquired``.
+ACQUIRED_SOURCES = (ACQUIRED, ACQUIRED_PVC)
 #: Width of a distance-to-CSF ring of the control reference (Bodini 2016: 1 mm).
 RING_WIDTH_MM = 1.0
 #: Voxels farther than this from CSF share the last ring (deep white matter: the DVR no longer depends on the
@@ -185,6 +189,16 @@ def index_table(rows: Sequence[dict[str, object]]) -> pd.DataFrame:
     return table.sort_values(["source", "participant_id"], key=_acquired_first).reset_index(drop=True)
 
 
+def source_rank(source: str) -> str:
+    """Sort key of DVR sources: ``acquired``, ``acquired-pvc``, then the models by name.
+
+    >>> sorted(["unet", "acquired-pvc", "acquired", "cfsagan"], key=source_rank)
+    ['acquired', 'acquired-pvc', 'cfsagan', 'unet']
+    """
+    rank = ACQUIRED_SOURCES.index(source) if source in ACQUIRED_SOURCES else len(ACQUIRED_SOURCES)
+    return f"{rank}{source}"
+
+
 def _acquired_first(column: pd.Series) -> pd.Series:
-    """Sort key that puts the ``acquired`` source before the models."""
-    return column.map(lambda v: ("" if v == "acquired" else "~") + str(v)) if column.name == "source" else column
+    """Sort key of a table's columns that orders the ``source`` column by :func:`source_rank`."""
+    return column.map(lambda v: source_rank(str(v))) if column.name == "source" else column

@@ -50,7 +50,7 @@ def write_control_reference(controls: Sequence[Mapping[str, str]], *, source: st
     controls
         Per control session: ``participant_id``, ``session``, ``dvr``, ``wm`` (probseg), ``csf_distance`` (mm).
     source
-        ``acquired`` or a model name (names the outputs).
+        ``acquired``, ``acquired-pvc`` or a model name (names the outputs).
 
     Returns
     -------
@@ -169,7 +169,7 @@ def patient_measures(*, participant_id: str, baseline: Mapping[str, str], follow
             add("", source, name, value, "" if name in _BASELINE_INDICES else missing)
         masks[source] = {"t0": d0, **({"t1": d1, **myelin.dynamic_masks(lesion, d0, d1)} if d1 is not None else {})}
     for source in sources:
-        if source == myelin.ACQUIRED or myelin.ACQUIRED not in masks:
+        if source in myelin.ACQUIRED_SOURCES or myelin.ACQUIRED not in masks:
             continue
         agreement = myelin.mask_agreement(masks[myelin.ACQUIRED], masks[source])
         for name in ("t0", "t1", "dynamic_demyelination", "dynamic_remyelination"):

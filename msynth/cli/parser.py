@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import msynth
+from msynth.preprocessing.pvc import PVC_ITERATIONS
 
 
 def _label(value: str) -> str:
@@ -92,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--saliency", action="store_true",
         help="also write the P3S saliency map of each input of the synthesis model (paper 001, §2.2) and, for "
              "CF-SAGAN models, the attention map of each attention layer (thesis 003, §4.2.2)",
+    )
+
+    pet = parser.add_argument_group("PET")
+    pet.add_argument(
+        "--pet-psf-fwhm", type=_positive_float, default=None, metavar="MM",
+        help="the PET scanner's reconstructed resolution (FWHM, mm, isotropic); when given, the Logan DVR is also "
+        "corrected for partial volume (…_desc-pvc_model-Logan_meas-DVR_mimap; the group level then analyses it as "
+        "the source 'acquired-pvc'); without it, no correction is made",
+    )
+    pet.add_argument(
+        "--pet-pvc-iterations", type=_positive_int, default=PVC_ITERATIONS, metavar="N",
+        help="Van Cittert iterations of the partial-volume correction: more sharpen the lesions and amplify the noise "
+        "(see docs/preprocessing.md)",
     )
 
     resources = parser.add_argument_group("Resources")

@@ -32,7 +32,7 @@ class _ControlReferenceInputSpec(BaseInterfaceInputSpec):
                            desc="per control session: participant_id, session, dvr, wm, csf_distance")
     map_files = InputMultiObject(File(exists=True), mandatory=True,
                                  desc="every file named in controls (so a rerun notices when one changes)")
-    source = traits.Str(mandatory=True, desc="DVR source: 'acquired' or a model name")
+    source = traits.Str(mandatory=True, desc="DVR source: 'acquired', 'acquired-pvc' or a model name")
     ring_width_mm = traits.Float(mandatory=True, desc="width of a distance-to-CSF ring")
     max_distance_mm = traits.Float(mandatory=True, desc="distance from which voxels share the last ring")
     wm_probability = traits.Float(mandatory=True, desc="WM probability from which a control voxel counts as WM")

@@ -16,6 +16,7 @@ from msynth.preprocessing.pet import (
     mean_image,
     reference_region_mask,
 )
+from msynth.preprocessing.pvc import PVC_ITERATIONS, pvc_dvr_image
 
 
 def _write_sidecar(metadata: dict, newpath: str) -> Path:
@@ -109,5 +110,47 @@ class LoganDVR(SimpleInterface):
             "TStarMin": self.inputs.t_star_min,
             "K2PrimeReferencePerMin": self.inputs.k2_ref_per_min,
             "ReferenceRegion": "cerebellar grey matter (MNI152 2009a template registered to the T1w)",
+        }
+        return runtime
+
+
+class _PVCInputSpec(BaseInterfaceInputSpec):
+    dvr = File(exists=True, mandatory=True, desc="DVR map on the T1w grid")
+    gm = File(exists=True, mandatory=True, desc="grey-matter probability on the T1w grid")
+    wm = File(exists=True, mandatory=True, desc="white-matter probability on the T1w grid")
+    csf = File(exists=True, mandatory=True, desc="CSF probability on the T1w grid")
+    brain_mask = File(exists=True, mandatory=True, desc="brain mask on the T1w grid")
+    lesion_mask = File(exists=True, desc="lesion mask on the T1w grid (its own region when given)")
+    pet = File(exists=True, mandatory=True, desc="the PET series the DVR was fitted on (its voxel size)")
+    psf_fwhm_mm = traits.Float(mandatory=True, desc="the scanner's reconstructed resolution, FWHM (mm)")
+    iterations = traits.Int(PVC_ITERATIONS, usedefault=True, desc="Van Cittert iterations")
+
+
+class _PVCOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="partial-volume-corrected DVR on the T1w grid")
+    metadata = traits.Dict(desc="method and parameters, for the sidecar")
+
+
+class PartialVolumeCorrection(SimpleInterface):
+    """Fractional GTM + Van Cittert PVC of a DVR map; see :mod:`msynth.preprocessing.pvc`."""
+
+    input_spec = _PVCInputSpec
+    output_spec = _PVCOutputSpec
+
+    def _run_interface(self, runtime):
+        lesion = self.inputs.lesion_mask if isdefined(self.inputs.lesion_mask) else None
+        out_file, parameters = pvc_dvr_image(
+            self.inputs.dvr, self.inputs.gm, self.inputs.wm, self.inputs.csf, self.inputs.brain_mask,
+            pet_zooms=nb.load(self.inputs.pet).header.get_zooms()[:3], psf_fwhm_mm=self.inputs.psf_fwhm_mm,
+            iterations=self.inputs.iterations, lesion_mask=lesion, newpath=runtime.cwd,
+        )
+        self._results["out_file"] = out_file
+        self._results["metadata"] = {
+            "PartialVolumeCorrection": {
+                "Method": "fractional geometric transfer matrix (Rousset et al. 1998) with Van Cittert deconvolution "
+                          "of the residual (Van Cittert 1931; Tohka and Reilhac 2008), on the T1w grid",
+                "Regions": "lesion, grey matter, normal-appearing white matter, CSF, rest (tissue probabilities)",
+                **parameters,
+            }
         }
         return runtime

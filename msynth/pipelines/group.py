@@ -8,7 +8,14 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from msynth.analysis.myelin import ACQUIRED, MAX_DISTANCE_MM, RING_WIDTH_MM, WM_PROBABILITY
+from msynth.analysis.myelin import (
+    ACQUIRED,
+    ACQUIRED_PVC,
+    ACQUIRED_SOURCES,
+    MAX_DISTANCE_MM,
+    RING_WIDTH_MM,
+    WM_PROBABILITY,
+)
 from msynth.interfaces.bids import DerivativesDataSink
 from msynth.interfaces.group import (
     ControlReference,
@@ -187,8 +194,9 @@ def _add_demyelinated_mask(workflow: pe.Workflow, session: SessionMaps, *, sourc
 
 
 def _mask_desc(source: str) -> str:
-    """``desc`` of a demyelinated mask: ``demyelinated`` from the acquired PET, ``synthdemyelinated`` otherwise."""
-    return "demyelinated" if source == ACQUIRED else "synthdemyelinated"
+    """``desc`` of a demyelinated mask: ``demyelinated`` from the acquired PET's DVR, ``pvcdemyelinated`` from its
+    partial-volume-corrected DVR, ``synthdemyelinated`` from a synthetic DVR."""
+    return {ACQUIRED: "demyelinated", ACQUIRED_PVC: "pvcdemyelinated"}.get(source, "synthdemyelinated")
 
 
 def _mask_path(output_dir: Path, label: str, session: SessionMaps, source: str) -> Path:
@@ -204,7 +212,7 @@ def _overlays(patients: list[ParticipantMaps], output_dir: Path) -> list[dict[st
         baseline = patient.sessions[0]
         if baseline.lesion is None or ACQUIRED not in baseline.dvr:
             continue
-        synthetic = next((source for source in baseline.dvr if source != ACQUIRED), None)
+        synthetic = next((source for source in baseline.dvr if source not in ACQUIRED_SOURCES), None)
         overlays.append({
             "participant_id": patient.participant_id, "session": baseline.session or "", "t1w": str(baseline.t1w),
             "lesion_mask": str(baseline.lesion),

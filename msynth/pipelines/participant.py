@@ -13,10 +13,11 @@ from msynth.pipelines.anat import init_anat_reference_wf
 from msynth.pipelines.coregistration import SUFFIX, init_coregistration_wf
 from msynth.pipelines.dwi import init_dwi_wf
 from msynth.pipelines.masks import init_masks_wf
-from msynth.pipelines.pet import init_pet_wf
+from msynth.pipelines.pet import init_pet_pvc_wf, init_pet_wf
 from msynth.pipelines.evaluation import MASK_FIELDS, init_dvr_evaluation_wf, init_flair_evaluation_wf
 from msynth.pipelines.synthesis import init_synthesis_wf
 from msynth.pipelines.template import init_template_registration_wf
+from msynth.preprocessing.pvc import PVC_ITERATIONS
 from msynth.utils.bids import SessionData
 
 LOGGER = logging.getLogger("msynth.workflow")
@@ -36,6 +37,8 @@ def init_participant_wf(
     saliency: bool,
     name: str,
     continue_on_qc_failure: bool = False,
+    pet_psf_fwhm_mm: float | None = None,
+    pet_pvc_iterations: int = PVC_ITERATIONS,
 ) -> pe.Workflow:
     """Build the workflow of one participant: independent session workflows run in parallel.
 
@@ -58,6 +61,9 @@ def init_participant_wf(
     continue_on_qc_failure
         A registration that fails its QC (:mod:`msynth.preprocessing.registration_qc`) is flagged in its sidecar
         and the log instead of failing the session.
+    pet_psf_fwhm_mm, pet_pvc_iterations
+        The PET scanner's resolution (FWHM, mm) and the Van Cittert iterations of the DVR's partial-volume
+        correction (:mod:`msynth.preprocessing.pvc`); no correction when the resolution is None.
     """
     workflow = pe.Workflow(name=name)
     for data in sessions:
@@ -65,6 +71,7 @@ def init_participant_wf(
             init_session_wf(
                 data=data, bids_dir=bids_dir, output_dir=output_dir, omp_nthreads=omp_nthreads, device=device,
                 models=models, saliency=saliency, continue_on_qc_failure=continue_on_qc_failure,
+                pet_psf_fwhm_mm=pet_psf_fwhm_mm, pet_pvc_iterations=pet_pvc_iterations,
                 name=f"ses_{data.session}_wf" if data.session else "single_session_wf",
             )
         ])  # fmt: skip
@@ -82,6 +89,8 @@ def init_session_wf(
     saliency: bool,
     name: str,
     continue_on_qc_failure: bool = False,
+    pet_psf_fwhm_mm: float | None = None,
+    pet_pvc_iterations: int = PVC_ITERATIONS,
 ) -> pe.Workflow:
     """Build the workflow of one session, logging each stage that cannot run and why."""
     workflow = pe.Workflow(name=name)
@@ -130,6 +139,10 @@ def init_session_wf(
                                             anat_reference_wf=anat_reference_wf,
                                             template_wf=template_wf, coregistration_wfs=coregistration_wfs,
                                             flair=flair)
+    if pet_wf is not None:
+        _add_pet_pvc_wf(workflow, data=data, bids_dir=bids_dir, output_dir=output_dir, pet_wf=pet_wf,
+                        masks_wf=masks_wf, anat_reference_wf=anat_reference_wf, lesions=lesion_source != "none",
+                        psf_fwhm_mm=pet_psf_fwhm_mm, iterations=pet_pvc_iterations)
     for target, synthesis_wf in synthesis.items():  # each synthetic image against the acquired one
         if synthesis_wf is None or acquired[target] is None:
             continue
@@ -144,6 +157,24 @@ def init_session_wf(
     if data.missing:
         LOGGER.info("%s: no %s image; the stages that need them are skipped", data.label, ", ".join(data.missing))
     return workflow
+
+
+def _add_pet_pvc_wf(workflow: pe.Workflow, *, data: SessionData, bids_dir: Path, output_dir: Path,
+                    pet_wf: pe.Workflow, masks_wf: pe.Workflow, anat_reference_wf: pe.Workflow, lesions: bool,
+                    psf_fwhm_mm: float | None, iterations: int) -> None:
+    """Add the partial-volume correction of the Logan DVR, or log why not (the scanner's resolution not given)."""
+    if psf_fwhm_mm is None:
+        LOGGER.info("%s: no --pet-psf-fwhm given, so the DVR is not corrected for partial volume (the correction "
+                    "needs the scanner's resolution)", data.label)
+        return
+    pvc_wf = init_pet_pvc_wf(pet=data.files["PET"], t1w=data.files["T1w"], bids_dir=bids_dir, output_dir=output_dir,
+                             psf_fwhm_mm=psf_fwhm_mm, iterations=iterations, lesions=lesions)
+    masks = ["gm", "wm", "csf"] + (["lesion_mask"] if lesions else [])
+    workflow.connect([
+        (pet_wf, pvc_wf, [("outputnode.dvr", "inputnode.dvr")]),
+        (anat_reference_wf, pvc_wf, [("outputnode.brain_mask", "inputnode.brain_mask")]),
+        (masks_wf, pvc_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in masks]),
+    ])  # fmt: skip
 
 
 def _add_dwi_and_pet_wfs(

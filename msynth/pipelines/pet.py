@@ -8,9 +8,10 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from msynth.interfaces.bids import DerivativesDataSink
-from msynth.interfaces.pet import LoganDVR, PETMean, ReferenceRegion
+from msynth.interfaces.pet import LoganDVR, PartialVolumeCorrection, PETMean, ReferenceRegion
 from msynth.interfaces.registration import ApplyTransform, ComposeTransforms, RegisterToReference
 from msynth.preprocessing.pet import K2_REF_PER_MIN, T_STAR_MIN, Estimator
+from msynth.preprocessing.pvc import PVC_ITERATIONS
 from msynth.pipelines.coregistration import init_flirt_xfm_wf
 from msynth.utils.derivatives import bids_uri
 
@@ -148,3 +149,71 @@ def init_pet_wf(
     ])  # fmt: skip
     return workflow
 
+
+
+def init_pet_pvc_wf(
+    *,
+    pet: Path,
+    t1w: Path,
+    bids_dir: Path,
+    output_dir: Path,
+    psf_fwhm_mm: float,
+    iterations: int = PVC_ITERATIONS,
+    lesions: bool,
+    name: str = "pet_pvc_wf",
+) -> pe.Workflow:
+    """Partial-volume-correct the space-T1w Logan DVR with the session's tissue (and lesion) masks.
+
+    Parameters
+    ----------
+    pet, t1w
+        The 4-D PET series (names the output; its voxel size enters the kernel) and the session's raw T1w.
+    bids_dir, output_dir
+        Input dataset root and derivatives (staging) root.
+    psf_fwhm_mm, iterations
+        The scanner's resolution and the Van Cittert iterations (:mod:`msynth.preprocessing.pvc`).
+    lesions
+        Whether the session has a lesion mask (then lesions are a region of their own).
+
+    Inputs
+    ------
+    dvr, gm, wm, csf, brain_mask, lesion_mask
+        Logan DVR, tissue probabilities, brain and lesion masks, all in space-T1w.
+
+    Outputs
+    -------
+    dvr
+        ``…_trc-PIB_space-T1w_desc-pvc_model-Logan_meas-DVR_mimap``.
+    """
+    workflow = pe.Workflow(name=name)
+    regions = "lesions, grey matter, normal-appearing white matter and CSF" if lesions else \
+        "grey matter, white matter and CSF"
+    workflow.__desc__ = (
+        f"The DVR map was corrected for partial volume on the T1w grid: region values of {regions} (tissue "
+        "probabilities) from a fractional geometric transfer matrix (Rousset et al. 1998), plus the residual "
+        f"deconvolved by {iterations} Van Cittert iterations (Van Cittert 1931; Tohka and Reilhac 2008), with a "
+        f"Gaussian kernel combining the scanner's resolution ({psf_fwhm_mm:g} mm FWHM), the PET voxel and the "
+        "resampling onto the T1w grid."
+    )
+    fields = ["dvr", "gm", "wm", "csf", "brain_mask", "lesion_mask"]
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["dvr"]), name="outputnode")
+    pvc = pe.Node(PartialVolumeCorrection(pet=str(pet), psf_fwhm_mm=psf_fwhm_mm, iterations=iterations),
+                  name="pvc", mem_gb=2)
+    ds_dvr = pe.Node(
+        DerivativesDataSink(
+            base_directory=str(output_dir), source_file=str(pet), datatype="pet", suffix="mimap",
+            entities={"trc": "PIB", "space": "T1w", "desc": "pvc", "model": "Logan", "meas": "DVR"},
+            metadata={"Sources": [bids_uri(bids_dir, pet), bids_uri(bids_dir, t1w)],
+                      "SpatialReference": bids_uri(bids_dir, t1w), "Units": "arbitrary",
+                      "Description": "[11C]PIB distribution volume ratio (Logan reference) on the T1w grid, "
+                                     "corrected for partial volume."},
+        ),
+        name="ds_dvr", run_without_submitting=True,
+    )
+    workflow.connect([
+        (inputnode, pvc, [(field, field) for field in fields if lesions or field != "lesion_mask"]),
+        (pvc, ds_dvr, [("out_file", "in_file"), ("metadata", "run_metadata")]),
+        (pvc, outputnode, [("out_file", "dvr")]),
+    ])  # fmt: skip
+    return workflow

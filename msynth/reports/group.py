@@ -20,7 +20,7 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 
-from msynth.analysis.myelin import ACQUIRED
+from msynth.analysis.myelin import ACQUIRED, ACQUIRED_SOURCES
 from msynth.reports.group_figures import (
     INDEX_LABELS, bland_altman_figure, demyelination_overlay_figure, edss_figure, format_p_value,
     index_boxplot_figure, lesion_slices, overlay_labels, source_colours,
@@ -160,7 +160,7 @@ def _indices_section(tables: Mapping[str, pd.DataFrame | None], colours: Mapping
         "Percent of the baseline lesion load (thesis §4.2.5): demyelinated voxels at t0 and t1, the global index "
         "(t1 - t0), dynamic demyelination (normal at t0, demyelinated at t1, over normal lesion voxels at t0) and "
         "dynamic remyelination (demyelinated at t0, normal at t1, over demyelinated voxels at t0).")]
-    if not any(source != ACQUIRED for source in colours):
+    if not any(source not in ACQUIRED_SOURCES for source in colours):
         parts.append(_note("No synthetic DVR source: the indices come from acquired PET only."))
     parts.append(figure_html(index_boxplot_figure(indices, colours, columns),
                              "Myelin-change indices per DVR source; grey lines join one patient's values."))
@@ -314,7 +314,7 @@ def write_group_report(group_dir: Path, *, overlays: Sequence[PatientOverlay] = 
     sources = [source for role in ("indices", "agreement", "bland_altman", "regression") if tables[role] is not None
                for source in tables[role]["source"]]
     colours = source_colours([ACQUIRED, *sources])
-    models = [source for source in colours if source != ACQUIRED]
+    models = [source for source in colours if source not in ACQUIRED_SOURCES]
     overlay_html = "".join(_overlay_html(patient, tables["agreement"], n_slices) for patient in overlays)
     sections = [
         ("cohort", "Cohort", _cohort_section(tables)),

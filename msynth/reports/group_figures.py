@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from msynth.analysis.myelin import ACQUIRED
+from msynth.analysis.myelin import ACQUIRED, ACQUIRED_PVC, ACQUIRED_SOURCES
 from msynth.reports.html import format_value
 
 __all__ = [
@@ -64,12 +64,15 @@ def source_colours(sources: Iterable[str]) -> dict[str, str]:
     --------
     >>> source_colours(["cfsagan", "acquired", "cfsagan", "unet"])
     {'acquired': 'tab:orange', 'cfsagan': 'tab:blue', 'unet': 'tab:green'}
+    >>> source_colours(["acquired-pvc", "acquired"])
+    {'acquired': 'tab:orange', 'acquired-pvc': 'tab:red'}
     """
     unique = list(dict.fromkeys(sources))
-    models = [source for source in unique if source != ACQUIRED]
+    models = [source for source in unique if source not in ACQUIRED_SOURCES]
     if len(models) > len(_MODEL_COLOURS):
         raise ValueError(f"sources: at most {len(_MODEL_COLOURS)} synthesis models can be told apart, got {models}")
-    colours = {ACQUIRED: "tab:orange"} if ACQUIRED in unique else {}
+    colours = {source: colour for source, colour in ((ACQUIRED, "tab:orange"), (ACQUIRED_PVC, "tab:red"))
+               if source in unique}
     colours.update(zip(models, _MODEL_COLOURS))
     return colours
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from msynth.analysis.myelin import ACQUIRED
+from msynth.analysis.myelin import ACQUIRED, ACQUIRED_PVC, source_rank
 from msynth.utils.tabular_checks import (
     EDSS_STEP,
     TableError,
@@ -39,6 +39,7 @@ SESSION_FILES = {
     "nawm": ("anat", "space-T1w_label-NAWM_mask.nii.gz"),
 }
 ACQUIRED_DVR = ("pet", "trc-PIB_space-T1w_model-Logan_meas-DVR_mimap.nii.gz")
+ACQUIRED_PVC_DVR = ("pet", "trc-PIB_space-T1w_desc-pvc_model-Logan_meas-DVR_mimap.nii.gz")
 SYNTHETIC_DVR = ("pet", "trc-PIB_space-T1w_desc-synth_meas-DVR_mimap.nii.gz")
 #: Maps without which a session is of no use to the group level.
 REQUIRED = ("t1w", "brain_mask", "wm", "csf_distance")
@@ -110,9 +111,9 @@ def _session_maps(output_dir: Path, label: str, session: str | None) -> tuple[Se
     if missing:
         return None, missing
     dvr = {}
-    acquired = folder / ACQUIRED_DVR[0] / f"{prefix}_{ACQUIRED_DVR[1]}"
-    if acquired.is_file():
-        dvr[ACQUIRED] = acquired
+    for source, (datatype, name) in ((ACQUIRED, ACQUIRED_DVR), (ACQUIRED_PVC, ACQUIRED_PVC_DVR)):
+        if (path := folder / datatype / f"{prefix}_{name}").is_file():
+            dvr[source] = path
     synthetic = folder / SYNTHETIC_DVR[0] / f"{prefix}_{SYNTHETIC_DVR[1]}"
     if synthetic.is_file():
         dvr[synthetic_source_name(synthetic)] = synthetic
@@ -236,5 +237,5 @@ def collect_group_inputs(bids_dir: Path, output_dir: Path, labels: list[str] | N
             sources.remove(source)
             notes.append(f"DVR source {source!r} is left out: no healthy control has it at its first session, so "
                          "there is no control reference for it")
-    return GroupInputs(participants=participants, sources=sorted(sources, key=lambda s: (s != ACQUIRED, s)),
+    return GroupInputs(participants=participants, sources=sorted(sources, key=source_rank),
                        problems=problems, notes=notes)
