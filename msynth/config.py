@@ -20,6 +20,8 @@ from msynth.preprocessing.pvc import PVC_ITERATIONS
 from msynth.utils.bids import DEFAULT_QUERIES, load_filter_file
 from msynth.utils.derivatives import atomic_write_text
 from msynth.utils.errors import UsageError
+from msynth.utils.layout_index import INDEX_FILE
+from msynth.utils.plugins import load_plugin_file
 
 LOGGER = logging.getLogger("msynth.config")
 
@@ -48,6 +50,13 @@ class RunConfig:
     pet_psf_fwhm_mm: float | None = None
     pet_pvc_iterations: int = PVC_ITERATIONS
     reports_only: bool = False
+    stop_on_first_crash: bool = False
+    clean_workdir: bool = False
+    bids_database_dir: Path | None = None
+    #: ``--use-plugin`` file, and the Nipype plugin and arguments it names (None: MultiProc, or Linear for one process).
+    use_plugin: Path | None = None
+    plugin: str | None = None
+    plugin_args: dict = field(default_factory=dict)
     queries: dict[str, dict[str, object]] = field(default_factory=lambda: dict(DEFAULT_QUERIES))
     run_id: str = ""
     version: str = msynth.__version__
@@ -164,6 +173,28 @@ def check_lesion_masks(lesion_masks: Path | None) -> Path | None:
     return lesion_masks
 
 
+def check_database_dir(database_dir: Path | None, bids_dir: Path) -> Path | None:
+    """The ``--bids-database-dir`` folder, absolute: one holding an index (read only) or one msynth can write into."""
+    if database_dir is None:
+        return None
+    database_dir = database_dir.expanduser().resolve()
+    if _is_within(database_dir, bids_dir):
+        raise UsageError(f"--bids-database-dir {database_dir} lies inside the input BIDS dataset {bids_dir}; msynth "
+                         "never writes into its input — pass a folder outside it")
+    if (database_dir / INDEX_FILE).is_file():
+        return database_dir
+    check_writable_folder(database_dir, what="--bids-database-dir", remedy="pass another folder")
+    return database_dir
+
+
+def check_plugin(path: Path | None) -> tuple[Path | None, str | None, dict]:
+    """The ``--use-plugin`` file, absolute, and the plugin and arguments it names (:func:`load_plugin_file`)."""
+    if path is None:
+        return None, None, {}
+    path = path.expanduser().resolve()
+    return path, *load_plugin_file(path)
+
+
 def check_models(models: list[str] | None) -> list[Path]:
     """The ``--model`` values as model folders (none given: the shipped models are chosen from per session)."""
     try:
@@ -213,6 +244,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     queries = load_filter_file(args.bids_filter_file)
     participants = check_labels(bids_dir, "participant", args.participant_label)
     sessions = check_labels(bids_dir, "session", args.session_label) if args.session_label else None
+    use_plugin, plugin, plugin_args = check_plugin(args.use_plugin)
     return RunConfig(
         bids_dir=bids_dir,
         output_dir=output_dir,
@@ -234,6 +266,12 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         pet_psf_fwhm_mm=args.pet_psf_fwhm,
         pet_pvc_iterations=args.pet_pvc_iterations,
         reports_only=args.reports_only,
+        stop_on_first_crash=args.stop_on_first_crash,
+        clean_workdir=args.clean_workdir,
+        bids_database_dir=check_database_dir(args.bids_database_dir, bids_dir),
+        use_plugin=use_plugin,
+        plugin=plugin,
+        plugin_args=plugin_args,
         queries=queries,
         run_id=new_run_id(),
     )

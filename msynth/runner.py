@@ -6,7 +6,8 @@ one line names the path and the free space, the participant's partial files are 
 participant is tried. Outputs are written to the participant's staging folder inside the output directory
 (:class:`~msynth.utils.derivatives.Staging`, locked for the run) and linked into place only when the
 participant finished cleanly: the derivatives hold whole files, and a participant's new files only once
-all of them are made.
+all of them are made. With ``--stop-on-first-crash`` the first failure ends the run instead, as in fMRIPrep; with
+``--clean-workdir`` a published participant's work folder is removed.
 """
 
 from __future__ import annotations
@@ -32,16 +33,19 @@ from msynth.pipelines.participant import init_participant_wf
 from msynth.reports.participant import build_participant_report, workflow_methods
 from msynth.models.card import read_card
 from msynth.models.selection import shipped_models
-from msynth.preprocessing.checks import check_dwi, check_input_image, check_memory, check_pet_timing
+from msynth.preprocessing.checks import (available_memory_gb, check_dwi, check_input_image, check_memory,
+                                         check_pet_timing)
 from msynth.segmentation.lesions import check_lesion_mask
 from msynth.utils.bids import SessionData, collect_session, report_session
 from msynth.utils.derivatives import STAGING_FOLDER, Staging, StagingBusy, atomic_write_text, write_dataset_description
 from msynth.utils.lesion_masks import find_lesion_mask
+from msynth.utils.plugins import MULTIPROC_PLUGINS
 from msynth.utils.progress import MsynthLinearPlugin, MsynthMultiProcPlugin, Progress
+from msynth.utils.workdir import WORKFLOWS_FOLDER, clean_participant_workdir, workflow_name
 
 __all__ = ["NO_SPACE", "STAGING_FOLDER", "ParticipantOutcome", "check_inputs", "crash_dir", "error_reason", "execute",
-           "multiproc_arguments", "no_space_reason", "participant_sessions", "rebuild_reports", "resolve_device",
-           "run_participant", "run_participant_level", "summarise", "write_report"]
+           "memory_budget_gb", "multiproc_arguments", "no_space_reason", "participant_sessions", "rebuild_reports",
+           "resolve_device", "run_participant", "run_participant_level", "summarise", "write_report"]
 
 LOGGER = logging.getLogger("msynth.runner")
 
@@ -236,7 +240,7 @@ def _participant_workflow(config: RunConfig, sessions: list[SessionData], output
         continue_on_qc_failure=config.continue_on_qc_failure,
         pet_psf_fwhm_mm=config.pet_psf_fwhm_mm,
         pet_pvc_iterations=config.pet_pvc_iterations,
-        name=f"sub_{label}_wf",
+        name=workflow_name(label),
     )
 
 
@@ -252,6 +256,8 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
         methods = workflow_methods(workflow)
         reason, crash_files = execute(workflow, config=config, crashes=crash_dir(config, label), label=f"sub-{label}")
         publication = None if reason is not None else staging.publish()
+        if publication is not None and config.clean_workdir:  # under the participant's lock: no run is using it
+            clean_participant_workdir(config.work_dir, label)
     if publication is None:  # logged once the staging folder is gone: on a full disk, that made room for the log
         LOGGER.error("sub-%s failed: %s (crash reports in %s)", label, reason, crash_dir(config, label))
         return ParticipantOutcome(label=label, ok=False, reason=reason, crash_files=crash_files, skipped=skipped,
@@ -263,27 +269,29 @@ def _run_participant(config: RunConfig, layout: BIDSLayout, label: str) -> Parti
 
 def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path, label: str) -> tuple[str | None, list[Path]]:
     """Run a workflow under ``WORK_DIR/msynth_wf`` with text crash reports in ``crashes``, its progress shown on the
-    console under ``label`` (:class:`~msynth.utils.progress.Progress`).
+    console under ``label`` (:class:`~msynth.utils.progress.Progress`; not with a ``--use-plugin`` plugin).
+
+    msynth's MultiProc runs ``config.nprocs`` nodes at once at most, and only as many as the nodes' ``mem_gb``
+    estimates fit in :func:`memory_budget_gb`. With ``config.stop_on_first_crash`` the workflow stops at its first
+    crashed node (nodes already running finish).
 
     Returns None and no files when it finished, else the reason (the crashed nodes and their last error line, nodes
     that failed alike named together) and the crash reports. Nipype's own crash messages, tracebacks included, stay
     out of the console (:mod:`msynth.utils.logs`; they are in the crash reports and the log file): the caller's one
     line says what failed.
     """
-    workflow.base_dir = str(config.work_dir / "msynth_wf")
+    workflow.base_dir = str(config.work_dir / WORKFLOWS_FOLDER)
     workflow.config["execution"].update(
         {
             "crashdump_dir": str(crashes),
             "crashfile_format": "txt",
-            "stop_on_first_crash": False,
+            "stop_on_first_crash": config.stop_on_first_crash,
             "remove_unnecessary_outputs": False,
         }
     )
-    progress = Progress(label)
-    plugin = (MsynthLinearPlugin({}, progress=progress) if config.nprocs == 1 else
-              MsynthMultiProcPlugin(multiproc_arguments(config.nprocs), progress=progress))
+    progress = None if config.plugin else Progress(label)
     try:
-        workflow.run(plugin=plugin)
+        workflow.run(**_plugin(config, progress, label))
     except RuntimeError as err:
         files = sorted(crashes.glob("crash-*.txt"))
         by_message: dict[str, list[str]] = {}
@@ -292,18 +300,47 @@ def execute(workflow: pe.Workflow, *, config: RunConfig, crashes: Path, label: s
         reasons = [f"{', '.join(nodes)}: {message}" for message, nodes in by_message.items()]
         return "; ".join(reasons) or f"the workflow did not finish ({err})", files
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     return None, []
 
 
-def multiproc_arguments(n_procs: int) -> dict:
+def memory_budget_gb(config: RunConfig) -> float:
+    """The memory the nodes running at once may use (GiB): ``--mem``, else what this job may use now (the cgroup
+    limit of a container or SLURM job, else the machine's available memory), never Nipype's default of 90 % of the
+    machine's memory."""
+    return config.mem_gb if config.mem_gb is not None else available_memory_gb()
+
+
+def _plugin(config: RunConfig, progress: Progress | None, label: str) -> dict:
+    """``Workflow.run``'s plugin arguments: the ``--use-plugin`` plugin, else msynth's Linear or MultiProc."""
+    if config.plugin is not None:
+        plugin_args = dict(config.plugin_args)
+        if config.plugin in MULTIPROC_PLUGINS:  # the file's own n_procs and memory_gb win
+            plugin_args = multiproc_arguments(config.nprocs, memory_gb=memory_budget_gb(config)) | plugin_args
+        LOGGER.info("%s: Nipype plugin %s (--use-plugin %s)", label, config.plugin, config.use_plugin)
+        return {"plugin": config.plugin, "plugin_args": plugin_args}
+    if config.nprocs == 1:
+        return {"plugin": MsynthLinearPlugin({}, progress=progress)}
+    arguments = multiproc_arguments(config.nprocs, memory_gb=memory_budget_gb(config))
+    LOGGER.debug("%s: MultiProc, %d processes, %.1f GiB", label, arguments["n_procs"], arguments["memory_gb"])
+    return {"plugin": MsynthMultiProcPlugin(arguments, progress=progress)}
+
+
+def multiproc_arguments(n_procs: int, *, memory_gb: float | None = None) -> dict:
     """Arguments of Nipype's MultiProc plugin.
+
+    ``memory_gb`` caps the nodes that run at once: their ``mem_gb`` estimates must fit in it together; a node
+    estimated above it runs alone (``raise_insufficient`` is off). None leaves Nipype's default, 90 % of the
+    machine's memory, which :func:`execute` never does (:func:`memory_budget_gb`).
 
     Workers are forked. Once torch has run in this process (msynth used as a library after training or inference, as
     in the test suite), forked workers can hang on its OpenMP thread pool; the workers then start from a fresh
     forkserver process instead. Either way each worker logs like this process (:mod:`msynth.utils.logs`).
     """
     arguments = {"n_procs": n_procs, "raise_insufficient": False}
+    if memory_gb is not None:
+        arguments["memory_gb"] = memory_gb
     if "torch" in sys.modules:
         LOGGER.debug("torch is loaded in this process: Nipype workers start from a forkserver")
         arguments["mp_context"] = "forkserver"
@@ -370,10 +407,12 @@ def resolve_device(requested: str) -> str:
 def run_participant_level(config: RunConfig, layout: BIDSLayout) -> int:
     """Write the derivatives' description, run every participant, print the summary; return the exit code.
 
-    The exit code is 1 when a participant failed or was left to another process, else 0. A session left out for want
-    of its inputs (no T1w) is named in the summary but does not change the exit code, as fMRIPrep and MRIQC warn of
-    the data they cannot use and exit 0: rerunning would not help, and an HPC job would fail forever on a dataset
-    with, say, a PET-only session. A participant with no usable session fails (exit 1), as in fMRIPrep.
+    The exit code is 1 when a participant failed or was left to another process, else 0. With
+    ``--stop-on-first-crash`` the first participant that fails ends the run: those after it are not started and are
+    named in the summary. A session left out for want of its inputs (no T1w) is named in the summary but does not
+    change the exit code, as fMRIPrep and MRIQC warn of the data they cannot use and exit 0: rerunning would not
+    help, and an HPC job would fail forever on a dataset with, say, a PET-only session. A participant with no usable
+    session fails (exit 1), as in fMRIPrep.
     """
     try:
         write_dataset_description(config.output_dir, config.bids_dir, config.lesion_masks)
@@ -382,7 +421,18 @@ def run_participant_level(config: RunConfig, layout: BIDSLayout) -> int:
                      error_reason(err, config))
         return 1
     config = dataclasses.replace(config, device=resolve_device(config.device))
-    outcomes = [run_participant(config, layout, label) for label in config.participants]
+    if config.plugin is None and config.nprocs > 1:
+        LOGGER.info("Nipype runs at most %d steps at once, as many as their estimates fit in %.1f GiB (%s)",
+                    config.nprocs, memory_budget_gb(config),
+                    "--mem" if config.mem_gb is not None else "the memory available to this job")
+    outcomes = []
+    for label in config.participants:
+        outcomes.append(run_participant(config, layout, label))
+        if config.stop_on_first_crash and not outcomes[-1].ok:
+            outcomes += [ParticipantOutcome(label=rest, ok=False, reason=f"not started: sub-{label} failed and "
+                                            "--stop-on-first-crash stops the run")
+                         for rest in config.participants[len(outcomes):]]
+            break
     succeeded = all(outcome.ok for outcome in outcomes)
     LOGGER.log(logging.INFO if succeeded else logging.ERROR, summarise(outcomes))
     return 0 if succeeded else 1

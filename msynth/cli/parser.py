@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 import msynth
@@ -30,6 +31,37 @@ def _positive_float(value: str) -> float:
     if not number > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
     return number
+
+
+#: A memory amount: a number and an optional binary unit (``16G``, ``16000M``, ``16GB``, ``1.5T``).
+_MEMORY = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?:(?P<unit>[KMGT])i?B?)?$", re.IGNORECASE)
+_UNIT_GB = {"K": 2**-20, "M": 2**-10, "G": 1.0, "T": 2**10}
+#: A bare number from this on is refused as ambiguous: fMRIPrep's ``--mem`` reads it in megabytes.
+_AMBIGUOUS_GB = 1024
+
+
+def _memory(value: str, *, unit: str) -> float:
+    """A memory amount in GiB; a bare number is in ``unit`` (``"G"`` or ``"M"``), a suffix (K, M, G, T) overrides it."""
+    match = _MEMORY.match(value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a memory amount: {value!r} (e.g. 16, 16G, 16000M)")
+    number = float(match["number"])
+    if unit == "G" and match["unit"] is None and number >= _AMBIGUOUS_GB:
+        raise argparse.ArgumentTypeError(
+            f"{value} GB is more than any job has: a bare number is in GB here (fMRIPrep's --mem is in MB) — "
+            f"write {value}M for megabytes, or add a unit (G, T)")
+    gigabytes = number * _UNIT_GB[(match["unit"] or unit).upper()]
+    if not gigabytes > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive amount, got {value}")
+    return gigabytes
+
+
+def _gigabytes(value: str) -> float:
+    return _memory(value, unit="G")
+
+
+def _megabytes(value: str) -> float:
+    return _memory(value, unit="M")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,10 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs give the same bytes)",
     )
     resources.add_argument(
-        "--mem-gb", "--mem_gb", dest="mem_gb", type=_positive_float, default=None, metavar="GB",
-        help="memory this run may use; a session whose estimated peak exceeds it is refused before any work "
-        "(when not given: the memory available to this job, i.e. the cgroup limit of a container or SLURM "
-        "job, else the machine's)",
+        "--mem", "--mem-gb", "--mem_gb", dest="mem_gb", type=_gigabytes, default=None, metavar="GB",
+        help="memory this run may use, in GB unless a unit is given (16, 16G, 16000M): a session whose estimated "
+        "peak exceeds it is refused before any work, and Nipype runs at once only the steps whose estimates fit in "
+        "it (a step estimated above it runs alone); when not given: the memory available to this job, i.e. the "
+        "cgroup limit of a container or SLURM job, else the machine's available memory",
+    )
+    resources.add_argument(
+        "--mem-mb", "--mem_mb", dest="mem_gb", type=_megabytes, default=None,
+        metavar="MB", help="--mem in megabytes (fMRIPrep's spelling)",
+    )
+    resources.add_argument(
+        "--use-plugin", "--use_plugin", dest="use_plugin", type=Path, default=None, metavar="FILE",
+        help="YAML or JSON file naming a Nipype plugin and its arguments, {plugin: SLURM, plugin_args: {sbatch_args: "
+        "...}}, to run the workflows with instead of msynth's own MultiProc (Linear with --nprocs 1): msynth's "
+        "progress lines are then lost, crash reports go where they always go; plugins that submit the "
+        "graph and return before it ran (SLURMGraph, SGEGraph, PBSGraph, CondorDAGMan, SomaFlow) are refused: "
+        "msynth publishes a participant's outputs once its steps have finished",
+    )
+    resources.add_argument(
+        "--bids-database-dir", "--bids_database_dir", dest="bids_database_dir", type=Path, default=None,
+        metavar="DIR",
+        help="keep pybids' index of BIDS_DIR in DIR: the first run builds it, later runs (SLURM array tasks) load it "
+        "without indexing again; a run whose participants changed since is refused — delete DIR to rebuild it",
     )
     resources.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -139,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--continue-on-qc-failure", action="store_true",
         help="when a registration fails its quality check, keep going: the score is flagged in the log and the "
         "sidecar instead of failing the session",
+    )
+    other.add_argument(
+        "--stop-on-first-crash", "--stop_on_first_crash", dest="stop_on_first_crash", action="store_true",
+        help="stop at the first failure, as fMRIPrep does: the failing participant's workflow stops at its first "
+        "crashed step, and the participants after it are not started (without it, a participant's other steps and "
+        "the next participants still run)",
+    )
+    other.add_argument(
+        "--clean-workdir", "--clean_workdir", dest="clean_workdir", action="store_true",
+        help="participant level: remove a participant's work folder (WORK_DIR/msynth_wf/sub_<L>_wf) once its "
+        "outputs are published; a failed participant keeps it, to resume from",
     )
     other.add_argument(
         "--reports-only", action="store_true",

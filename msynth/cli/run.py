@@ -15,6 +15,7 @@ from msynth.utils.bids import check_symlink_loops, open_layout  # noqa: E402
 from msynth.utils.errors import UsageError  # noqa: E402
 from msynth.utils import logs  # noqa: E402
 from msynth.utils.itk import single_threaded_itk  # noqa: E402
+from msynth.utils.layout_index import open_indexed_layout  # noqa: E402
 from msynth.utils.tabular_checks import check_clinical_tables  # noqa: E402
 from msynth.utils.validation import errors_of, validate_participants  # noqa: E402
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         if config.analysis_level == "group":
             return _run_group(config)
         clinical_problems = check_clinical_tables(config.bids_dir, config.participants)
-        layout = open_layout(config.bids_dir)
+        layout = (open_layout(config.bids_dir) if config.bids_database_dir is None else
+                  open_indexed_layout(config.bids_dir, config.bids_database_dir, config.participants))
         _start_log(config)
     except UsageError as err:
         print(f"msynth: error: {err}", file=sys.stderr)
