@@ -59,6 +59,8 @@ BIDSIGNORE = """\
 *_desc-demyelinated_mask.json
 *_desc-synthdemyelinated_mask.nii.gz
 *_desc-synthdemyelinated_mask.json
+*_desc-pvcdemyelinated_mask.nii.gz
+*_desc-pvcdemyelinated_mask.json
 group
 sub-*/log
 sub-*/figures
