@@ -41,3 +41,8 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
+
+# Re-pin the container images' dependencies (containers/requirements.lock) after changing setup.cfg's install_requires.
+.PHONY: lock
+lock: $(STAMP)
+	$(BIN)/python containers/lock.py
