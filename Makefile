@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.msynth-installed
 DEMO ?= demo
+SLURM_DIR ?= $(CURDIR)/.slurm-localhost
+SLURM_CLUSTER := containers/slurm/localhost-cluster.sh
 
 .PHONY: install test demo clean system-deps
 
@@ -18,17 +20,30 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The SLURM test (tests/test_slurm.py) submits to a single-node SLURM on this machine, started before pytest and
+# stopped after it whatever pytest's outcome (its configuration, state and logs in $(SLURM_DIR)); where it cannot
+# start, that test skips and says why.
 test: $(STAMP) system-deps
-	PYTHONHASHSEED=0 $(BIN)/python -m pytest
+	@trap '$(SLURM_CLUSTER) stop $(SLURM_DIR)' EXIT; trap 'exit 130' INT TERM; \
+	$(SLURM_CLUSTER) start $(SLURM_DIR) || echo "no localhost SLURM: the SLURM test will skip"; \
+	SLURM_CONF=$(SLURM_DIR)/slurm.conf PYTHONHASHSEED=0 $(BIN)/python -m pytest
 
-# The group report's screenshot test renders the report in Debian's chromium. Install it when it is absent and this is
-# root with apt-get; otherwise (or if the install fails) that test skips and says why.
+# The group report's screenshot test renders the report in Debian's chromium, and the SLURM test needs Debian's
+# slurm-wlm and munge. Install them when absent and this is root with apt-get; otherwise (or if the install fails)
+# those tests skip and say why.
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 system-deps:
 	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  { echo "installing Debian's chromium (group report screenshot test)"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 	  echo "could not install chromium: the group report screenshot test will skip"
+	@{ command -v sbatch && command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null || \
+	  ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { echo "installing Debian's slurm-wlm and munge (SLURM test)"; \
+	    $(APT_INSTALL) update -qq >/dev/null 2>&1 && \
+	    $(APT_INSTALL) install -y -qq --no-install-recommends slurm-wlm munge >/dev/null 2>&1; } || \
+	  echo "could not install slurm-wlm and munge: the SLURM test will skip"
 
 # A synthetic cohort at 4 mm (2 controls, 2 patients), then the participant and group levels on it.
 demo: $(STAMP)
