@@ -45,11 +45,12 @@ system-deps:
 	    $(APT_INSTALL) install -y -qq --no-install-recommends slurm-wlm munge >/dev/null 2>&1; } || \
 	  echo "could not install slurm-wlm and munge: the SLURM test will skip"
 
-# A synthetic cohort at 4 mm (2 controls, 2 patients), then the participant and group levels on it.
+# A synthetic cohort at 4 mm (2 controls, 2 patients), then the participant and group levels on it. The phantom's PET
+# resolution is 2.5-4 mm FWHM: its midpoint is given for the partial-volume correction.
 demo: $(STAMP)
 	$(BIN)/msynth-phantom $(DEMO)/bids --n-controls 2 --n-patients 2 --voxel-size 4 --seed 42 --overwrite
 	$(BIN)/msynth $(DEMO)/bids $(DEMO)/derivatives participant -w $(DEMO)/work \
-	    --lesion-masks $(DEMO)/bids/derivatives/lesions
+	    --lesion-masks $(DEMO)/bids/derivatives/lesions --pet-psf-fwhm 3.25
 	$(BIN)/msynth $(DEMO)/bids $(DEMO)/derivatives group -w $(DEMO)/work
 	@echo "demo: outputs in $(DEMO)/derivatives; one report per participant, $(DEMO)/derivatives/sub-<L>.html," \
 	      "and the group report, $(DEMO)/derivatives/group/report.html"

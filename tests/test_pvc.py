@@ -137,6 +137,7 @@ def test_participant_level_writes_the_corrected_dvr(phantom_participants, tmp_pa
     sidecar = json.loads(corrected.with_name(corrected.name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["PartialVolumeCorrection"]["PSFFWHMmm"] == 3.25
     assert sidecar["PartialVolumeCorrection"]["LesionRegion"] is True
+    assert "acquired DVR corrected for partial volume" in (out / "sub-MS01.html").read_text()  # its report shows it
     anat = out / "sub-MS01" / "ses-01" / "anat"
     lesion = nb.load(anat / "sub-MS01_ses-01_space-T1w_label-lesion_mask.nii.gz").get_fdata() > 0.5
     nawm = nb.load(anat / "sub-MS01_ses-01_space-T1w_label-NAWM_mask.nii.gz").get_fdata() > 0.5

@@ -504,24 +504,25 @@ def _maps_block(ses: _Session, out: _Figures) -> str:
                                   "and follow the anatomy; a misregistered DWI shows bright bands off the tracts."))
     else:
         parts.append(_note(f"{ses.name}: no FA map (no DWI in this session, or its stage failed)."))
-    dvrs = [(ses.path("pet", "mimap", trc="PIB", model="Logan", meas="DVR"), "acquired DVR (Logan)"),
-            (ses.path("pet", "mimap", trc="PIB", desc="synth", meas="DVR"), "synthetic DVR")]
-    present = [(path, name) for path, name in dvrs if path.exists()]
+    dvrs = [(ses.path("pet", "mimap", trc="PIB", model="Logan", meas="DVR"), "acquired DVR (Logan)", "DVR"),
+            (ses.path("pet", "mimap", trc="PIB", desc="pvc", model="Logan", meas="DVR"),
+             "acquired DVR corrected for partial volume", "DVRpvc"),
+            (ses.path("pet", "mimap", trc="PIB", desc="synth", meas="DVR"), "synthetic DVR", "DVRsynth")]
+    present = [(path, name, tag) for path, name, tag in dvrs if path.exists()]
     if present and mask.exists():
         brain = np.asarray(nb.as_closest_canonical(nb.load(mask)).dataobj) > 0
         values = np.concatenate([np.asarray(nb.as_closest_canonical(nb.load(path)).dataobj)[brain]
-                                 for path, _ in present])
+                                 for path, _, _ in present])
         limits = (float(np.percentile(values, 2)), float(np.percentile(values, 98)))
-        for path, name in present:
-            tag = "DVRsynth" if "synth" in name else "DVR"
+        for path, name, tag in present:
             src = out.png(f"{ses.prefix}_desc-{tag}", lambda png, path=path, name=name: figures.mosaic_png(
                 nb.load(path), png, mask=nb.load(mask), title=f"{ses.name}: {name}", cmap="magma", limits=limits,
                 colorbar_label="DVR"))
-            parts.append(_figure(src, f"[11C]PIB {name} on the T1w grid (both DVR maps on one scale). Myelin binds "
+            parts.append(_figure(src, f"[11C]PIB {name} on the T1w grid (every DVR map on one scale). Myelin binds "
                                       "PIB: white matter high, grey matter and CSF low, demyelinated lesions low."))
-    if not any(name.startswith("acquired") for _, name in present):
+    if not any(name.startswith("acquired") for _, name, _ in present):
         parts.append(_note(f"{ses.name}: no acquired DVR (no PET in this session, or the PET stage failed)."))
-    if not any(name.startswith("synthetic") for _, name in present):
+    if not any(name.startswith("synthetic") for _, name, _ in present):
         parts.append(_note(f"{ses.name}: no synthetic DVR (no DVR model could run on this session's inputs)."))
     return _block(f"{ses.anchor}-maps", "FA and DVR maps", "".join(parts))
 
