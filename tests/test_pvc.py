@@ -206,4 +206,5 @@ def test_group_level_analyses_the_corrected_dvr_as_its_own_source(blurred_cohort
     medians = {desc: float(np.median(values)) for desc, values in scores.items()}
     assert len(scores["pvcdemyelinated"]) == 8
     assert medians["pvcdemyelinated"] > medians["demyelinated"] + 0.05, medians
+    assert "corrected for partial volume at the participant level" in (group / "report.html").read_text()
     assert errors_of(run_validator(out)) == []

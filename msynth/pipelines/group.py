@@ -42,6 +42,13 @@ GROUP_DESC = (
     "EDSS was regressed on each index with age, sex and T2 lesion load as covariates (ordinary least squares, "
     "statsmodels), standardized coefficients from z-scored variables."
 )
+#: Added when the participant level corrected the acquired PET for partial volume (``--pet-psf-fwhm``).
+PVC_DESC = (
+    " The acquired PET's DVR corrected for partial volume at the participant level (fractional geometric transfer "
+    "matrix, Rousset et al. 1998, with Van Cittert deconvolution of the residual, Tohka and Reilhac 2008) was "
+    "analysed as a source of its own ('acquired-pvc'), with its own control reference; synthetic PET was compared "
+    "with the uncorrected DVR, as in the thesis."
+)
 
 
 def _node_name(*parts: str) -> str:
@@ -84,6 +91,8 @@ def init_group_wf(
     """
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = GROUP_DESC.format(wm=wm_probability, ring=ring_width_mm, cap=max_distance_mm)
+    if ACQUIRED_PVC in inputs.sources:
+        workflow.__desc__ += PVC_DESC
     parameters = {"RingWidthMM": ring_width_mm, "MaxDistanceMM": max_distance_mm, "WMProbability": wm_probability,
                   "Threshold": "control mean - 1 SD per ring (population SD of the pooled voxels)",
                   "Reference": "Bodini et al., Ann Neurol 2016;79:726-738; thesis 003 §4.2.5"}
