@@ -260,3 +260,86 @@ def test_submit_dry_run_labels_dependency_and_resubmission(tmp_path):
     assert [p.read_text().split() for p in labels] == [["A", "B", "C"], ["B", "C"]]
     bad = dry_run("--max-running", "0")
     assert bad.returncode == 2 and "--max-running must be a positive integer, got '0'" in bad.stderr
+
+
+#: msynth-train on the participant-level outputs above: a tiny FCN, 2 folds over the 3 participants, a job per fold
+TRAIN = ("flair", "--folds", "2", "--epochs", "20", "--patch-size", "16", "--features", "8", "--depth", "2",
+         "--optimizer", "adam", "--lr", "5e-3", "--device", "cpu", "--subject-salt", "s3cret", "--worker", "slurm",
+         "--slurm-args", "--cpus-per-task=1 --mem=2G --time=30")
+
+
+def _fold_jobs() -> dict[str, tuple[str, str]]:
+    """``{fold: (job id, state)}`` of the queued fold jobs (pydra names them ``cv_fold.<uid>_<fold>``)."""
+    queued = subprocess.run(["squeue", "--noheader", "--format=%i %j %T"], capture_output=True, text=True, env=ENV,
+                            timeout=20, check=True).stdout
+    return {name.rsplit("_", 1)[1]: (job, state) for job, name, state in (line.split() for line in queued.splitlines())
+            if name.startswith("cv_fold.")}
+
+
+def _cancel_a_fold_then_resume(derivatives: Path, root: Path) -> dict:
+    """msynth-train --worker slurm; scancel fold 0's job once it has a checkpoint; the same command again."""
+    model, work = root / "model", root / "model_work"
+    command = [sys.executable, "-m", "msynth.cli.train", *TRAIN, "--derivatives", str(derivatives),
+               "--out", str(model), "-w", str(work)]
+    checkpoint = work / "folds" / "fold-0" / "checkpoint.pt"
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        _wait([], until=lambda: checkpoint.is_file() or first.poll() is not None, timeout=600)
+        job, state = _fold_jobs().get("0", ("", "gone"))
+        assert state == "RUNNING", f"fold 0's job is {state} once it has a checkpoint"
+        subprocess.run(["scancel", job], env=ENV, timeout=20, check=True)
+        first_log, _ = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    second = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=900, check=False)
+    jobs_log = "".join(p.read_text() for p in sorted((work / "pydra").glob("*_scripts/*/slurm-*.err")))
+    return {"model": model, "cancelled": job, "first": (first.returncode, first_log),
+            "second": (second.returncode, second.stdout + second.stderr), "jobs_log": jobs_log}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_cancelled_training_fold_resumes_from_its_checkpoint(cohort_on_slurm, tmp_path):
+    """The participant-level outputs train a tiny FLAIR model, a SLURM job per fold; fold 0's job is cancelled
+    mid-training: msynth-train ends the other fold and fails naming fold 0; the same command again resumes fold 0
+    from its checkpoint (removing the lock its killed run left in pydra's cache), reuses fold 1, and writes the card.
+    """
+    run = _cancel_a_fold_then_resume(cohort_on_slurm["out"], tmp_path)
+    code, log = run["first"]
+    assert code == 1 and "fold(s) 0 did not finish" in log and "rerun the same command" in log, log[-3000:]
+    assert f"fold job {run['cancelled']} ended CANCELLED" in log
+    code, log = run["second"]
+    assert code == 0, log[-3000:]
+    assert "the lock of a fold whose run was killed" in log
+    resumed = re.findall(r"fold-0/checkpoint\.pt: resuming after epoch (\d+)", run["jobs_log"])
+    assert len(resumed) == 1 and int(resumed[0]) >= 1, run["jobs_log"][-3000:]
+    assert run["jobs_log"].count("fold 1: MSE") == 1, "fold 1 was trained again"
+    assert run["jobs_log"].count("fold 0: MSE") == 1
+    from msynth.models.card import read_card
+
+    assert [fold.fold for fold in read_card(run["model"]).training.cv] == [0, 1]
+    assert (run["model"] / "model.pt").is_file()
+
+
+def test_training_removes_the_locks_of_killed_folds_and_refuses_a_second_run(tmp_path, caplog):
+    """No cluster: the pydra cache of msynth-train's folds, as a killed run leaves it, and the --worker options."""
+    from msynth.cli import train as train_cli
+    from msynth.models.training.workers import own_cache
+
+    cache = tmp_path / "pydra"
+    cache.mkdir()
+    stale = cache / "FunctionTask_0123.lock"
+    stale.write_text("")
+    with caplog.at_level("INFO", logger="msynth.models"), own_cache(cache):
+        assert not stale.exists() and "the lock of a fold whose run was killed" in caplog.text
+        with pytest.raises(RuntimeError, match="another msynth-train is running on this work folder"):
+            with own_cache(cache):
+                pass
+    with own_cache(cache):  # released when the first run ends
+        pass
+    parsed = train_cli.build_parser().parse_args(["flair", "--derivatives", "d", "--out", "m", "--plugin", "slurm"])
+    assert parsed.worker == "slurm"  # --plugin: the former name of --worker
+    assert train_cli.main(["flair", "--derivatives", str(tmp_path), "--out", str(tmp_path / "m"),
+                           "--slurm-args=--time=5"]) == 1

@@ -87,8 +87,16 @@ def _add_shared_arguments(task: argparse.ArgumentParser, *, inputs: tuple[str, .
     opt.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     opt.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="torch device (default: auto — CUDA when available)")
-    opt.add_argument("--nprocs", type=int, default=1, metavar="N", help="folds trained in parallel (default: 1)")
-    opt.add_argument("--plugin", default="cf", help="pydra plugin for the folds: cf (local), slurm, … (default: cf)")
+    opt.add_argument("--nprocs", type=int, default=1, metavar="N",
+                     help="folds trained in parallel by --worker cf (default: 1)")
+    opt.add_argument("--worker", choices=("cf", "slurm"), default="cf",
+                     help="where the folds train: cf, local processes; slurm, one SLURM job per fold, submitted from "
+                     "this command, which waits for them; rerun it with the same work folder to resume a fold whose "
+                     "job was cancelled or killed (default: cf)")
+    opt.add_argument("--plugin", dest="worker", choices=("cf", "slurm"), help=argparse.SUPPRESS)  # deprecated name
+    opt.add_argument("--slurm-args", default="", metavar="TEXT",
+                     help="extra sbatch arguments of the fold jobs of --worker slurm, with an = sign, e.g. "
+                     "--slurm-args='--time=4:00:00 --mem=8G --gres=gpu:1'")
     task.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v debug)")
     return net, opt
 
@@ -157,6 +165,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--voxel-size must be positive, got {args.voxel_size}")
     if getattr(args, "lr", None) is not None and args.lr <= 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
+    if args.slurm_args and args.worker != "slurm":
+        raise UsageError("--slurm-args is for --worker slurm")
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "model_card.json").is_file():
         raise UsageError(f"{args.out}: exists and is not a msynth model folder — choose another --out")
 
@@ -178,7 +188,8 @@ def _shared_options(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]
     from msynth.models.inference import select_device
 
     return dict(model_dir=args.out, work_dir=args.work_dir, folds=args.folds, voxel_size=args.voxel_size,
-                device=str(select_device(args.device)), n_procs=args.nprocs, plugin=args.plugin, name=args.name,
+                device=str(select_device(args.device)), n_procs=args.nprocs, plugin=args.worker,
+                sbatch_args=args.slurm_args, name=args.name,
                 data_source=args.data_source, data_license=args.data_license, data_citation=args.data_citation,
                 command=shlex.join([PROG, *argv]), salt=args.subject_salt)
 
@@ -253,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.captureWarnings(True)
     try:
         _check(args)
+        args.derivatives = args.derivatives.absolute()  # the folds read it from pydra's cache folders
         card = _train_flair(args, argv) if args.task == "flair" else _train_dvr(args, argv)
     except (UsageError, FileNotFoundError, ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

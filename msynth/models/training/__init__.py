@@ -8,7 +8,9 @@
   :class:`AdversarialStep` (the conditional GANs of thesis 003);
 * :mod:`~msynth.models.training.loop` — :func:`train_model`: epochs, validation, stopping, checkpoints and resume;
 * :mod:`~msynth.models.training.crossval` — folds over subjects (groups spread over folds), stages trained in
-  turn (Sketcher, Refiners), the final model and its card.
+  turn (Sketcher, Refiners), the final model and its card;
+* :mod:`~msynth.models.training.workers` — the folds' pydra workers: local processes or SLURM jobs, and the cleanup
+  that lets a killed fold resume.
 """
 
 from msynth.models.training.config import TrainingConfig

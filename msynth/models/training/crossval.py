@@ -37,6 +37,7 @@ from msynth.models.data import (
 )
 from msynth.models.training.config import TrainingConfig
 from msynth.models.training.loop import TrainingResult, train_model
+from msynth.models.training.workers import own_cache, slurm_fold_worker
 
 __all__ = ["PSNR_PEAK", "add_sketches", "assign_folds", "cross_validate", "evaluate_volume", "fold_task",
            "predict_session", "roi_errors", "run_fold", "split_validation", "stage_names", "train_stages"]
@@ -320,36 +321,48 @@ def _default_start_method(method: str) -> Iterator[None]:
         multiprocessing.set_start_method(previous, force=True)
 
 
-def _pydra_folds(specs: list[dict[str, Any]], *, cache_dir: Path, n_procs: int, plugin: str) -> list[dict[str, Any]]:
+def _pydra_folds(specs: list[dict[str, Any]], *, cache_dir: Path, n_procs: int, plugin: str,
+                 sbatch_args: str = "") -> list[dict[str, Any]]:
     """Run :func:`run_fold` once per fold: one pydra task split over the folds' specifications.
 
     pydra caches each fold's result under ``cache_dir`` by the hash of its inputs, so a rerun skips finished folds;
-    an unfinished fold resumes from its own ``checkpoint.pt``.
+    an unfinished fold resumes from its own ``checkpoint.pt`` (:func:`~msynth.models.training.workers.own_cache` removes the lock it left).
+    ``plugin``: ``'cf'`` (``n_procs`` local processes) or ``'slurm'`` (a job per fold, with ``sbatch_args``).
     """
     import pydra
 
     task = pydra.mark.task(fold_task)(name="cv_fold", cache_dir=str(cache_dir))
     task.split("spec", spec=[json.dumps(spec) for spec in specs])
-    options = {"n_procs": n_procs} if plugin == "cf" else {}
-    # pydra's local worker makes its process pool when the submitter is built, with the default start method:
-    # forked folds can hang on the OpenMP pool of a process that has already run torch, so they start from a
-    # forkserver (pydra 0.25 takes no multiprocessing context itself)
-    with _default_start_method("forkserver"):
-        submitter = pydra.Submitter(plugin=plugin, **options)
-    with submitter:
-        submitter(task)
-    results = task.result()
-    failed = [r for r in results if r is None or r.errored]
+    if plugin == "cf":
+        worker: Any = plugin
+        options: dict[str, Any] = {"n_procs": n_procs}
+    elif plugin == "slurm":
+        # a requeued job appends to its log instead of truncating it (the killed run's lines stay)
+        worker, options = slurm_fold_worker(), {"sbatch_args": f"--open-mode=append {sbatch_args}".strip()}
+    else:
+        worker, options = plugin, {}
+    with own_cache(cache_dir):
+        # pydra's local worker makes its process pool when the submitter is built, with the default start method:
+        # forked folds can hang on the OpenMP pool of a process that has already run torch, so they start from a
+        # forkserver (pydra 0.25 takes no multiprocessing context itself)
+        with _default_start_method("forkserver"):
+            submitter = pydra.Submitter(plugin=worker, **options)
+        with submitter:
+            submitter(task)
+    results = [task.result(state_index=k) for k in range(len(specs))]  # None: no result (a cancelled job)
+    failed = [k for k, r in enumerate(results) if r is None or r.errored]
     if failed:
-        raise RuntimeError(f"{len(failed)} cross-validation fold(s) failed; their error reports are in the pydra "
-                           f"cache {cache_dir} (_error.pklz)")
+        logs = f"; the fold jobs' logs are in {cache_dir}/*_scripts" if plugin == "slurm" else ""
+        raise RuntimeError(f"cross-validation fold(s) {', '.join(map(str, failed))} did not finish (error reports, "
+                           f"if any, are in the pydra cache {cache_dir}, _error.pklz{logs}); rerun the same command "
+                           "with the same work folder to resume them from their checkpoints")
     return sorted((json.loads(r.output.out) for r in results), key=lambda r: r["fold"])
 
 
 def _cross_validated_epochs(examples: Sequence[Example], subjects: Sequence[str], *, inputs: Sequence[str],
                             target: str, configs: Sequence[TrainingConfig], folds: int, voxel_size: float | None,
                             groups: Mapping[str, str] | None, cache_dir: Path, work_dir: Path, device: str,
-                            n_procs: int, plugin: str) -> tuple[list[FoldMetrics], list[int]]:
+                            n_procs: int, plugin: str, sbatch_args: str = "") -> tuple[list[FoldMetrics], list[int]]:
     """Each fold's held-out metrics, and for each stage the median of the folds' kept epochs (the final model's)."""
     import statistics
 
@@ -364,7 +377,8 @@ def _cross_validated_epochs(examples: Sequence[Example], subjects: Sequence[str]
               "out_dir": str(work_dir / "folds" / f"fold-{k}")} for k in range(folds)]
     LOGGER.info("%d-fold cross-validation over %d subjects (%s plugin, %d process(es))", folds, len(subjects),
                 plugin, n_procs)
-    results = _pydra_folds(specs, cache_dir=work_dir / "pydra", n_procs=n_procs, plugin=plugin)
+    results = _pydra_folds(specs, cache_dir=work_dir / "pydra", n_procs=n_procs, plugin=plugin,
+                           sbatch_args=sbatch_args)
     cv = [FoldMetrics(fold=r["fold"], n_train=r["n_train"], n_test=r["n_test"], mse=r["mse"], psnr=r["psnr"],
                       ssim=r["ssim"], epochs=r["epochs"][0], stage_epochs=r["epochs"] if len(configs) > 1 else (),
                       roi_discrepancy={name: r[f"{name}_discrepancy"] for name in ROI_NAMES
@@ -393,6 +407,7 @@ def cross_validate(
     device: str = "cpu",
     n_procs: int = 1,
     plugin: str = "cf",
+    sbatch_args: str = "",
     name: str | None = None,
     data_source: str = "",
     data_license: str = "",
@@ -442,7 +457,10 @@ def cross_validate(
     n_procs
         Folds trained at once (and CPU threads shared among them).
     plugin
-        pydra submitter plugin.
+        pydra worker of the folds: ``'cf'`` (local processes) or ``'slurm'`` (a job per fold; a fold whose job is
+        cancelled resumes from its checkpoint when the same call is made again with the same ``work_dir``).
+    sbatch_args
+        Extra ``sbatch`` arguments of the fold jobs (``plugin='slurm'``), e.g. ``'--time=4:00:00 --mem=8G'``.
     name
         Card name (default ``<target>-synthesis_<inputs>``, lower-case target).
     data_source, data_license, data_citation, command
@@ -461,7 +479,8 @@ def cross_validate(
 
     inputs = list(inputs)
     model_dir = Path(model_dir)
-    work_dir = Path(work_dir) if work_dir is not None else model_dir.with_name(model_dir.name + "_work")
+    # absolute: pydra runs each fold in its own cache folder (a SLURM job maybe on another node)
+    work_dir = (Path(work_dir) if work_dir is not None else model_dir.with_name(model_dir.name + "_work")).absolute()
     if not examples:
         raise ValueError("no training sessions: no session has every input, the target and a brain mask")
     subjects = subjects_of(examples)
@@ -478,7 +497,8 @@ def cross_validate(
     if folds:
         cv, epochs = _cross_validated_epochs(examples, subjects, inputs=inputs, target=target, configs=configs,
                                              folds=folds, voxel_size=voxel_size, groups=groups, cache_dir=cache_dir,
-                                             work_dir=work_dir, device=device, n_procs=n_procs, plugin=plugin)
+                                             work_dir=work_dir, device=device, n_procs=n_procs, plugin=plugin,
+                                             sbatch_args=sbatch_args)
         final_configs = [TrainingConfig(**{**c.to_dict(), "max_epochs": n}) for c, n in zip(configs, epochs)]
         fit, validation = volumes, []
     else:
